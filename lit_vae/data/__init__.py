@@ -1,0 +1,1 @@
+"""Data layer: manifests, reading and writing ntuples, region selections, splits, transforms."""

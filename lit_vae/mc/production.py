@@ -1,0 +1,237 @@
+"""Sample production: Pythia batches -> detector reconstruction -> selection -> one ROOT file.
+
+The request is cut into chunks of at most CHUNK_EVENTS selected events; each chunk is one Pythia
+instance seeded from (seed, chunk), so the file depends on the seed and not on how many processes
+(--jobs) share the chunks. The main process shows a progress bar (selected events per second), merges
+the chunks, computes the event weights (sigma x efficiency / generated events, in pb) and writes the
+file atomically with its metadata.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import lit_vae
+from lit_vae.data.io import write_root
+from lit_vae.mc import analyses
+from lit_vae.mc.detector import DETECTOR
+from lit_vae.mc.processes import BEAM_SETTINGS, FAST_SETTINGS, build_process, make_process_veto
+from lit_vae.mc.reconstruction import reconstruct
+
+MB_TO_PB = 1e9
+CHUNK_EVENTS = 5000
+PYTHIA_SEED_MAX = 900_000_000
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to produce: the command-line options of `python -m lit_vae.mc`."""
+
+    process: str
+    events: int
+    out: str
+    seed: int = 1
+    jobs: int = 1
+    fast: bool = False
+    truth_tag: bool | None = None  # None: the process's default (on for wjets)
+    mass: float = 150.0
+    mass_c1n2: float = 500.0
+    mass_lsp: float = 100.0
+    batch_size: int = 400
+    chunk_events: int = CHUNK_EVENTS
+    extra_settings: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass
+class JobResult:
+    columns: dict[str, np.ndarray]
+    weight_factor: np.ndarray
+    events_generated: int  # up to and including the last kept selected event
+    sigma_mb: float
+    sigma_err_mb: float
+    accepted: int
+    cpu_seconds: float
+    settings: list[str]
+
+
+def pythia_seed(seed: int, chunk: int) -> int:
+    """A Pythia seed (1 ... 9e8) derived from the user's seed and the chunk index."""
+    return int(np.random.SeedSequence([seed, chunk]).generate_state(1)[0] % PYTHIA_SEED_MAX) + 1
+
+
+def event_numbers(seed: int, chunk: int, generated_index: np.ndarray) -> np.ndarray:
+    """Unique uint64 ids: 20 bits of seed, 12 bits of chunk, 32 bits of the generated-event index."""
+    head = np.uint64(((seed & 0xFFFFF) << 44) | ((chunk & 0xFFF) << 32))
+    return head | generated_index.astype(np.uint64)
+
+
+def chunk_quotas(events: int, size: int) -> list[int]:
+    """Selected events per chunk: full chunks of size and one remainder."""
+    return [size] * (events // size) + ([events % size] if events % size else [])
+
+
+def run_chunk(request: Request, chunk: int, quota: int, progress=None) -> JobResult:
+    """Generate until quota events pass the selection; progress(selected, generated) after each batch."""
+    import pythia8mc
+
+    start = time.process_time()
+    with tempfile.TemporaryDirectory(prefix="lit_vae_mc_") as workdir:
+        process = build_process(
+            request.process, mass=request.mass, mass_c1n2=request.mass_c1n2,
+            mass_lsp=request.mass_lsp, workdir=Path(workdir),
+        )
+        truth_tagging = process.truth_tag_default if request.truth_tag is None else request.truth_tag
+        settings = [
+            *BEAM_SETTINGS, *process.settings, *(FAST_SETTINGS if request.fast else []),
+            *request.extra_settings, "Random:setSeed = on", f"Random:seed = {pythia_seed(request.seed, chunk)}",
+        ]
+        pythia = pythia8mc.Pythia("", False)
+        for line in settings:
+            if not pythia.readString(line):
+                raise ValueError(f"Pythia rejected the setting '{line}'")
+        hook = make_process_veto(pythia8mc, process)  # kept referenced while Pythia runs
+        if hook is not None:
+            pythia.setUserHooksPtr(hook)
+        if not pythia.init():
+            raise RuntimeError(f"Pythia failed to initialise {request.process}; settings: {settings}")
+
+        rng = np.random.default_rng([request.seed, chunk])
+        chunks, factors, indices = [], [], []
+        selected = generated = 0
+        while selected < quota:
+            batch = pythia.nextBatch(request.batch_size)
+            objects = reconstruct(batch.prt, rng, DETECTOR)
+            if process.analysis == "zgamma":
+                mask, columns = analyses.zgamma_columns(objects, rng, DETECTOR)
+                factor = np.ones(int(mask.sum()))
+            else:
+                mask, columns, factor = analyses.one_lepton_columns(
+                    objects, rng, DETECTOR, truth_tagging=truth_tagging
+                )
+            chunks.append(columns)
+            factors.append(factor)
+            indices.append(generated + np.flatnonzero(mask))
+            selected += int(mask.sum())
+            generated += len(mask)
+            if progress is not None:
+                progress(int(mask.sum()), len(mask))
+        info = pythia.infoPython()
+        sigma, sigma_err, accepted = info.sigmaGen(), info.sigmaErr(), info.nAccepted()
+        del hook
+
+    columns = {k: np.concatenate([c[k] for c in chunks])[:quota] for k in chunks[0]}
+    index = np.concatenate(indices)[:quota]
+    columns["event_number"] = event_numbers(request.seed, chunk, index)
+    return JobResult(
+        columns=columns,
+        weight_factor=np.concatenate(factors)[:quota],
+        events_generated=int(index[-1]) + 1 if quota else 0,
+        sigma_mb=sigma,
+        sigma_err_mb=sigma_err,
+        accepted=accepted,
+        cpu_seconds=time.process_time() - start,
+        settings=settings,
+    )
+
+
+def _worker(request: Request, chunk: int, quota: int, updates) -> JobResult:
+    return run_chunk(request, chunk, quota, progress=lambda s, g: updates.put((s, g)))
+
+
+def run_chunks(request: Request) -> list[JobResult]:
+    """Run every chunk (on request.jobs processes when more than one) under one progress bar."""
+    quotas = chunk_quotas(request.events, request.chunk_events)
+    if len(quotas) > 0xFFF:
+        raise ValueError(f"--events {request.events} needs more than {0xFFF} chunks; split the sample")
+    bar = tqdm(total=request.events, unit="evt", desc=request.process, file=sys.stderr, smoothing=0.1)
+    counts = {"generated": 0}
+
+    def update(selected: int, generated: int) -> None:
+        counts["generated"] += generated
+        bar.update(min(selected, bar.total - bar.n))
+        bar.set_postfix(generated=counts["generated"], eff=f"{bar.n / max(counts['generated'], 1):.3f}")
+
+    try:
+        if request.jobs == 1 or len(quotas) == 1:
+            return [run_chunk(request, c, q, progress=update) for c, q in enumerate(quotas)]
+        context = mp.get_context("spawn")
+        with context.Manager() as manager, context.Pool(min(request.jobs, len(quotas))) as pool:
+            updates = manager.Queue()
+            pending = [pool.apply_async(_worker, (request, c, q, updates)) for c, q in enumerate(quotas)]
+            while not all(p.ready() for p in pending):
+                try:
+                    update(*updates.get(timeout=0.5))
+                except queue.Empty:
+                    pass
+            while not updates.empty():
+                update(*updates.get())
+            return [p.get() for p in pending]
+    finally:
+        bar.close()
+
+
+def produce(request: Request) -> dict:
+    """Produce the sample, write request.out atomically and return its metadata."""
+    wall = time.time()
+    with tempfile.TemporaryDirectory(prefix="lit_vae_mc_") as workdir:  # validates the parameters early
+        process = build_process(request.process, mass=request.mass, mass_c1n2=request.mass_c1n2,
+                                mass_lsp=request.mass_lsp, workdir=Path(workdir))
+    truth_tagging = process.truth_tag_default if request.truth_tag is None else request.truth_tag
+    results = run_chunks(request)
+    accepted = sum(r.accepted for r in results)
+    sigma_mb = sum(r.sigma_mb * r.accepted for r in results) / accepted
+    sigma_err_mb = np.sqrt(sum((r.sigma_err_mb * r.accepted) ** 2 for r in results)) / accepted
+    generated = sum(r.events_generated for r in results)
+    columns = {k: np.concatenate([r.columns[k] for r in results]) for k in results[0].columns}
+    factor = np.concatenate([r.weight_factor for r in results])
+
+    out = {}
+    for name, values in columns.items():
+        if name == "event_number":
+            out[name] = values.astype(np.uint64)
+        elif name in analyses.COUNT_COLUMNS:
+            out[name] = values.astype(np.int32)
+        else:
+            out[name] = values.astype(np.float32)
+    out["weight"] = sigma_mb * MB_TO_PB * factor / generated
+
+    cpu = sum(r.cpu_seconds for r in results)
+    metadata = {
+        "process": request.process,
+        "description": process.description,
+        "analysis": process.analysis,
+        "request": asdict(request),
+        "command": "python -m lit_vae.mc " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "chunks": len(results),
+        "pythia_settings": [r.settings for r in results],
+        "pythia_version": version("pythia8mc"),
+        "lit_vae_version": lit_vae.__version__,
+        "mpi": not request.fast,
+        "fast": request.fast,
+        "truth_tagging": truth_tagging,
+        "veto_invisible_pt_min_gev": process.invisible_pt_min,
+        "veto_visible_eta_max": process.visible_eta_max,
+        "sigma_pb": sigma_mb * MB_TO_PB,
+        "sigma_err_pb": sigma_err_mb * MB_TO_PB,
+        "events_generated": generated,
+        "events_selected": len(out["weight"]),
+        "selection_efficiency": len(out["weight"]) / generated,
+        "sum_weights_pb": float(out["weight"].sum()),
+        "cpu_seconds": cpu,
+        "wall_seconds": time.time() - wall,
+        "selected_per_cpu_second": len(out["weight"]) / cpu,
+        "detector": DETECTOR.as_dict(),
+    }
+    write_root(request.out, out, metadata)
+    return metadata

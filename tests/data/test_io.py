@@ -1,0 +1,65 @@
+"""ROOT and parquet writers: round trips, metadata, no dictionary encoding, atomic writes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from lit_vae.data.io import read_root, read_root_metadata, write_parquet, write_root
+from lit_vae.errors import DataError, OutputError
+
+
+def columns():
+    rng = np.random.default_rng(0)
+    return {"met": rng.exponential(100, 1000).astype(np.float32), "njet30": rng.integers(0, 5, 1000).astype(np.int32),
+            "event_number": np.arange(1000, dtype=np.uint64) << np.uint64(40)}
+
+
+def test_root_round_trip(tmp_path):
+    path = write_root(tmp_path / "a.root", columns(), {"process": "test", "sigma_pb": np.float64(1.5)})
+    back = read_root(path)
+    for name, values in columns().items():
+        np.testing.assert_array_equal(back[name], values)
+        assert back[name].dtype == values.dtype
+    assert read_root_metadata(path) == {"process": "test", "sigma_pb": 1.5}
+
+
+def test_parquet_round_trip_without_dictionary(tmp_path):
+    path = write_parquet(tmp_path / "a.parquet", columns(), {"seed": 3})
+    table = pq.read_table(path)
+    np.testing.assert_array_equal(table["met"].to_numpy(), columns()["met"])
+    assert table.schema.metadata[b"lit_vae"] == b'{"seed": 3}'
+    meta = pq.ParquetFile(path).metadata
+    for i in range(meta.num_columns):
+        assert "PLAIN_DICTIONARY" not in str(meta.row_group(0).column(i).encodings)
+        assert "RLE_DICTIONARY" not in str(meta.row_group(0).column(i).encodings)
+
+
+def test_failed_write_leaves_no_file(tmp_path):
+    bad = {**columns(), "label": np.array(["a"] * 1000, dtype=object)}  # uproot cannot write objects
+    with pytest.raises(TypeError, match="object dtypes"):
+        write_root(tmp_path / "b.root", bad, {})
+    assert not list(tmp_path.iterdir())
+
+
+def test_interrupted_write_keeps_the_previous_file(tmp_path):
+    target = write_root(tmp_path / "c.root", columns(), {"version": 1})
+    bad = {**columns(), "label": np.array(["a"] * 1000, dtype=object)}
+    with pytest.raises(TypeError, match="object dtypes"):
+        write_root(target, bad, {"version": 2})
+    assert read_root_metadata(target) == {"version": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["c.root"]
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="different lengths"):
+        write_root(tmp_path / "d.root", {"a": np.zeros(3), "b": np.zeros(4)}, {})
+    with pytest.raises(OutputError, match="does not exist"):
+        write_root(tmp_path / "missing" / "d.root", columns(), {})
+    with pytest.raises(DataError, match="no 'metadata' object"):
+        import uproot
+
+        with uproot.recreate(tmp_path / "plain.root") as f:
+            f["events"] = {"a": np.zeros(3)}
+        read_root_metadata(tmp_path / "plain.root")

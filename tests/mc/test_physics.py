@@ -1,0 +1,83 @@
+"""Pieces of the producer checked against closed forms and independent computations."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from lit_vae.mc.analyses import four_vector, invariant_mass, met_trigger_efficiency, truth_tag
+from lit_vae.mc.detector import DETECTOR
+from lit_vae.mc.processes import c1n2_wh, write_slha
+from lit_vae.mc.reconstruction import delta_phi, hadron_quark_content
+
+
+def test_truth_tag_pass_probability_is_closed_form():
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 1, size=(500, 3))
+    p[:100, 2] = 0.0  # two-jet events are padded with a zero probability
+    _, total = truth_tag(p, rng)
+    np.testing.assert_allclose(total, 1 - np.prod(1 - p, axis=1), rtol=1e-12)
+
+
+def test_truth_tag_draws_configurations_with_their_probabilities():
+    p = np.array([0.77, 0.16, 0.01])
+    tags, _ = truth_tag(np.tile(p, (200_000, 1)), np.random.default_rng(1))
+    assert np.all(tags.sum(axis=1) >= 1)
+    configs = [c for c in itertools.product([0, 1], repeat=3) if sum(c) >= 1]
+    expected = np.array([np.prod(np.where(np.array(c) == 1, p, 1 - p)) for c in configs])
+    expected /= expected.sum()
+    observed = np.array([np.all(tags == np.array(c, bool), axis=1).sum() for c in configs])
+    keep = expected * len(tags) > 5
+    chi2 = stats.chisquare(observed[keep], expected[keep] * observed[keep].sum() / expected[keep].sum())
+    assert chi2.pvalue > 1e-3
+
+
+def test_truth_tag_reproduces_direct_tagging_on_average():
+    """Weighted truth-tagged counts equal the direct-tagging expectation per b-tag multiplicity."""
+    rng = np.random.default_rng(2)
+    p = np.tile([0.77, 0.16, 0.01], (400_000, 1))
+    tags, weight = truth_tag(p, rng)
+    direct = rng.random(p.shape) < p
+    for n in (1, 2, 3):
+        truth = weight[tags.sum(axis=1) == n].sum() / len(p)
+        plain = (direct.sum(axis=1) == n).mean()
+        assert truth == pytest.approx(plain, abs=4e-3)
+
+
+def test_trigger_turn_on():
+    assert met_trigger_efficiency(np.array([DETECTOR.trigger_midpoint]), DETECTOR)[0] == pytest.approx(0.5)
+    assert met_trigger_efficiency(np.array([200.0]), DETECTOR)[0] > 0.998
+    assert met_trigger_efficiency(np.array([220.0]), DETECTOR)[0] > 0.9999
+    assert met_trigger_efficiency(np.array([60.0]), DETECTOR)[0] < 1e-3
+
+
+def test_invariant_mass_and_delta_phi_closed_forms():
+    # Two massless back-to-back 45.594 GeV leptons: m = 2E.
+    a = four_vector(np.array([45.594]), np.array([0.0]), np.array([0.3]), np.array([45.594]))
+    b = four_vector(np.array([45.594]), np.array([0.0]), np.array([0.3 + np.pi]), np.array([45.594]))
+    assert invariant_mass(a, b)[0] == pytest.approx(91.188)
+    phi1, phi2 = np.array([3.0, -3.0, 0.1]), np.array([-3.0, 3.0, 0.2])
+    np.testing.assert_allclose(delta_phi(phi1, phi2), np.angle(np.exp(1j * (phi1 - phi2))), atol=1e-12)
+
+
+def test_hadron_flavour_from_pdg_id():
+    import awkward as ak
+
+    ids = ak.Array([[511, -521, 5122, 531, 421, 4122, 411, 211, 5, 5101, 1000005, 22]])
+    assert ak.to_list(hadron_quark_content(ids, 5))[0] == [True, True, True, True] + [False] * 8
+    assert ak.to_list(hadron_quark_content(ids, 4))[0] == [False] * 4 + [True, True, True] + [False] * 5
+
+
+def test_slha_spectrum(tmp_path):
+    path = tmp_path / "s.slha"
+    write_slha(path, 300.0, 75.0)
+    text = path.read_text()
+    mass = {int(line.split()[0]): float(line.split()[1])
+            for line in text.split("BLOCK MASS")[1].split("BLOCK NMIX")[0].strip().splitlines()}
+    assert mass[1000024] == mass[1000023] == 300.0 and mass[1000022] == 75.0 and mass[1000021] == 5000.0
+    assert "1.000000000e+00   2   1000022   24" in text and "1.000000000e+00   2   1000022   25" in text
+    with pytest.raises(ValueError, match="must exceed --mass-lsp"):
+        c1n2_wh(200.0, 100.0, tmp_path / "bad.slha")
