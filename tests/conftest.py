@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "data"
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +22,35 @@ def produce_sample(tmp_path_factory):
         return cache[key]
 
     return _produce
+
+
+@pytest.fixture(scope="session")
+def wh1lbb_inputs(produce_sample):
+    """Small real one-lepton samples (the ones the producer tests make) for data-layer tests."""
+    return {
+        "ttbar": produce_sample("ttbar", 40, fast=True)[2],
+        "wjets": produce_sample("wjets", 40, fast=True)[2],
+        "c1n2_wh": produce_sample("c1n2_wh", 40, mass_c1n2=500.0, mass_lsp=100.0)[2],
+    }
+
+
+@pytest.fixture
+def wh1lbb_manifest(wh1lbb_inputs, tmp_path):
+    """A manifest in tmp_path over copies of the small samples, with the real Wh1Lbb features and regions."""
+    import shutil
+
+    import yaml
+
+    from tests.paths import REPO
+
+    real = yaml.safe_load((REPO / "data_manifests" / "wh1lbb.yaml").read_text())
+    samples = {}
+    for name, path in wh1lbb_inputs.items():
+        shutil.copy(path, tmp_path / f"{name}.root")
+        samples[name] = {"files": [f"{name}.root"], "role": "signal" if name == "c1n2_wh" else "background",
+                         "weight": "weight"}
+    manifest = {"tree": "events", "event_id": "event_number", "samples": samples,
+                "features": real["features"], "regions": real["regions"]}
+    path = tmp_path / "wh1lbb.yaml"
+    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return path

@@ -1,4 +1,4 @@
-"""Writing and reading event tables: ROOT (`events` TTree + JSON metadata) and parquet.
+"""Reading and writing event tables: ROOT (`events` TTree + JSON metadata) and parquet.
 
 Every writer goes to a temporary name beside the target and renames it at the end, so an
 interrupted or failed write never leaves a partial file under the target's name.
@@ -7,12 +7,16 @@ interrupted or failed write never leaves a partial file under the target's name.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import sys
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from lit_vae.errors import DataError, OutputError
 
@@ -94,3 +98,128 @@ def _json_default(value):
     if isinstance(value, (Path, os.PathLike)):
         return str(value)
     raise TypeError(f"cannot store {type(value).__name__} in metadata")
+
+
+# --- Reading a region of a manifest into one table ---------------------------------------------------
+
+CACHE_FORMAT = 1  # bump when the cached table's layout changes
+STEP_SIZE = 200_000  # entries per uproot chunk: bounded memory whatever the file size
+
+
+def cache_key(manifest, region: str, features: list[str]) -> str:
+    """Hash of what determines the selected table: manifest text, region, features, input files."""
+    h = hashlib.sha256()
+    h.update(f"{CACHE_FORMAT}|{manifest.content_hash}|{region}|{','.join(features)}".encode())
+    for sample in manifest.samples.values():
+        for file in sample.files:
+            stat = file.stat()
+            h.update(f"|{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return h.hexdigest()[:20]
+
+
+def _iterate_file(file: Path, tree: str, branches: list[str], step_size: int, bar) -> Iterator[dict]:
+    """Chunks of the needed branches of one ROOT or parquet file, as dicts of numpy arrays."""
+    if file.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=step_size, columns=branches):
+            bar.update(batch.num_rows)
+            yield {name: np.array(batch.column(name).to_numpy(zero_copy_only=False)) for name in branches}
+        return
+    import uproot
+
+    try:
+        for chunk in uproot.iterate({str(file): tree}, branches, step_size=step_size, library="np"):
+            bar.update(len(chunk[branches[0]]))
+            yield chunk
+    except Exception as err:  # uproot raises many types for truncated or corrupt baskets
+        raise DataError(f"{file}: cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
+                        "is it truncated? regenerate it with `make samples`") from None
+
+
+def _entries(file: Path, tree: str) -> int:
+    if file.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(file).metadata.num_rows
+    import uproot
+
+    try:
+        with uproot.open(file) as f:
+            return f[tree].num_entries
+    except Exception as err:
+        raise DataError(f"{file}: cannot be opened as ROOT ({type(err).__name__}); is it truncated?") from None
+
+
+def read_region(manifest, region: str, features: list[str], *, nan_policy: str = "drop",
+                step_size: int = STEP_SIZE, cache_dir: str | os.PathLike | None = ".cache/lit-vae"):
+    """The selected events of region for every sample: a pandas DataFrame with the features, `weight`,
+    `event_id`, `sample` and `is_signal`, read from the parquet cache when the inputs are unchanged."""
+    import pandas as pd
+
+    from lit_vae.data.manifest import check_inputs
+    from lit_vae.data.selection import evaluate_cut
+
+    if nan_policy not in ("drop", "raise"):
+        raise DataError(f"nan_policy must be 'drop' or 'raise', got '{nan_policy}'")
+    cut = manifest.region_cut(region)
+    cache_file = None
+    if cache_dir is not None:
+        cache_file = Path(cache_dir) / f"{manifest.path.stem}-{region}-{cache_key(manifest, region, features)}.parquet"
+        if cache_file.exists():
+            return _with_sample_categories(pd.read_parquet(cache_file), manifest)
+    check_inputs(manifest, region, features)
+
+    total = sum(_entries(f, s.tree) for s in manifest.samples.values() for f in s.files)
+    frames = []
+    with tqdm(total=total, unit="evt", desc=f"reading {manifest.path.stem}/{region}", delay=2.0,
+              file=sys.stderr) as bar:
+        for sample in manifest.samples.values():
+            branches = manifest.branches(region, features, sample)
+            parts = []
+            for file in sample.files:
+                offset = 0
+                for chunk in _iterate_file(file, sample.tree, branches, step_size, bar):
+                    n = len(chunk[branches[0]])
+                    mask = evaluate_cut(cut, chunk)
+                    part = {name: chunk[name][mask] for name in features}
+                    part["weight"] = chunk[sample.weight][mask] if sample.weight else np.ones(int(mask.sum()))
+                    ids = chunk[manifest.event_id] if manifest.event_id else offset + np.arange(n)
+                    part["event_id"] = np.asarray(ids, dtype=np.uint64)[mask]
+                    parts.append(pd.DataFrame(part))
+                    offset += n
+            frame = pd.concat(parts, ignore_index=True)
+            if frame.empty:
+                raise DataError(f"{manifest.path}: region '{region}' selects no events of sample '{sample.name}'; "
+                                f"check the cut '{cut}' or the sample's files")
+            frame["sample"] = sample.name
+            frame["is_signal"] = sample.is_signal
+            frames.append(_drop_non_finite(frame, features, nan_policy, f"sample '{sample.name}'"))
+    table = _with_sample_categories(pd.concat(frames, ignore_index=True), manifest)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cache_file) as tmp:
+            table.to_parquet(tmp, compression="zstd", use_dictionary=False)
+    return table
+
+
+def _with_sample_categories(table, manifest):
+    """The sample column as a categorical in the manifest's sample order (fresh and cached alike)."""
+    import pandas as pd
+
+    table["sample"] = pd.Categorical(table["sample"].astype(str), categories=list(manifest.samples))
+    return table
+
+
+def _drop_non_finite(frame, features: list[str], policy: str, where: str):
+    """Drop (and warn about) or refuse events with NaN or inf in a feature."""
+    values = frame[features].to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return frame
+    counts = {name: int(n) for name, n in zip(features, bad.sum(axis=0), strict=True) if n}
+    message = f"{where}: non-finite values in {counts} (feature: events)"
+    if policy == "raise":
+        raise DataError(f"{message}; fix the input or use nan_policy='drop'")
+    warnings.warn(f"{message}; dropped {int(bad.any(axis=1).sum())} events", stacklevel=3)
+    return frame[~bad.any(axis=1)].reset_index(drop=True)

@@ -34,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     tag.add_argument("--truth-tag", dest="truth_tag", action="store_true", default=None,
                      help="truth-tag b-jets (default for wjets)")
     tag.add_argument("--no-truth-tag", dest="truth_tag", action="store_false", help="tag every jet directly")
+    parser.add_argument("--no-veto", dest="veto", action="store_false",
+                        help="switch the process-level veto off (to validate it; much slower)")
     parser.add_argument("--mass", type=float, default=150.0, help="hzg: scalar mass in GeV (default 150)")
     parser.add_argument("--mass-c1n2", type=float, default=500.0, help="c1n2_wh: chi1+-/chi20 mass, GeV")
     parser.add_argument("--mass-lsp", type=float, default=100.0, help="c1n2_wh: chi10 mass, GeV")
@@ -69,13 +71,13 @@ def main(argv: list[str] | None = None) -> int:
 
     request = Request(
         process=args.process, events=args.events, out=args.out, seed=args.seed, jobs=args.jobs,
-        fast=args.fast, truth_tag=args.truth_tag, mass=args.mass, mass_c1n2=args.mass_c1n2,
+        fast=args.fast, truth_tag=args.truth_tag, veto=args.veto, mass=args.mass, mass_c1n2=args.mass_c1n2,
         mass_lsp=args.mass_lsp, batch_size=args.batch_size, extra_settings=tuple(args.extra_settings),
     )
     try:
         check_output(args.out)
         metadata = produce(request)
-    except (LitVAEError, ValueError) as err:
+    except LitVAEError as err:
         print(f"lit_vae.mc: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lit_vae.errors import ConfigError
+
 BEAM_SETTINGS = ["Beams:eCM = 13000.", "Print:quiet = on", "Next:numberCount = 0"]
 FAST_SETTINGS = ["PartonLevel:MPI = off"]
 
@@ -102,7 +104,7 @@ def wjets() -> Process:
 def c1n2_wh(mass_c1n2: float, mass_lsp: float, slha_path: Path) -> Process:
     """chi1+- chi20 -> W(->l nu) chi10 h(->bb) chi10 via an SLHA spectrum written to slha_path."""
     if not mass_c1n2 > mass_lsp + 125.0:
-        raise ValueError(
+        raise ConfigError(
             f"--mass-c1n2 {mass_c1n2:g} must exceed --mass-lsp {mass_lsp:g} + 125 GeV for chi20 -> h chi10"
         )
     write_slha(slha_path, mass_c1n2, mass_lsp)

@@ -24,9 +24,10 @@ from tqdm import tqdm
 
 import lit_vae
 from lit_vae.data.io import write_root
+from lit_vae.errors import ConfigError
 from lit_vae.mc import analyses
 from lit_vae.mc.detector import DETECTOR
-from lit_vae.mc.processes import BEAM_SETTINGS, FAST_SETTINGS, build_process, make_process_veto
+from lit_vae.mc.processes import BEAM_SETTINGS, FAST_SETTINGS, Process, build_process, make_process_veto
 from lit_vae.mc.reconstruction import reconstruct
 
 MB_TO_PB = 1e9
@@ -45,6 +46,7 @@ class Request:
     jobs: int = 1
     fast: bool = False
     truth_tag: bool | None = None  # None: the process's default (on for wjets)
+    veto: bool = True  # the process-level veto; off only to validate that it changes nothing selected
     mass: float = 150.0
     mass_c1n2: float = 500.0
     mass_lsp: float = 100.0
@@ -81,6 +83,25 @@ def chunk_quotas(events: int, size: int) -> list[int]:
     return [size] * (events // size) + ([events % size] if events % size else [])
 
 
+def pythia_settings(request: Request, process: Process, chunk: int) -> list[str]:
+    """Every Pythia setting of one chunk, in the order they are read."""
+    return [
+        *BEAM_SETTINGS, *process.settings, *(FAST_SETTINGS if request.fast else []),
+        *request.extra_settings, "Random:setSeed = on", f"Random:seed = {pythia_seed(request.seed, chunk)}",
+    ]
+
+
+def configured_pythia(settings: list[str]):
+    """A Pythia instance that has read settings; a rejected setting is a ConfigError naming it."""
+    import pythia8mc
+
+    pythia = pythia8mc.Pythia("", False)
+    for line in settings:
+        if not pythia.readString(line):
+            raise ConfigError(f"Pythia rejected the setting '{line}'; check its spelling in the Pythia manual")
+    return pythia
+
+
 def run_chunk(request: Request, chunk: int, quota: int, progress=None) -> JobResult:
     """Generate until quota events pass the selection; progress(selected, generated) after each batch."""
     import pythia8mc
@@ -92,19 +113,13 @@ def run_chunk(request: Request, chunk: int, quota: int, progress=None) -> JobRes
             mass_lsp=request.mass_lsp, workdir=Path(workdir),
         )
         truth_tagging = process.truth_tag_default if request.truth_tag is None else request.truth_tag
-        settings = [
-            *BEAM_SETTINGS, *process.settings, *(FAST_SETTINGS if request.fast else []),
-            *request.extra_settings, "Random:setSeed = on", f"Random:seed = {pythia_seed(request.seed, chunk)}",
-        ]
-        pythia = pythia8mc.Pythia("", False)
-        for line in settings:
-            if not pythia.readString(line):
-                raise ValueError(f"Pythia rejected the setting '{line}'")
-        hook = make_process_veto(pythia8mc, process)  # kept referenced while Pythia runs
+        settings = pythia_settings(request, process, chunk)
+        pythia = configured_pythia(settings)
+        hook = make_process_veto(pythia8mc, process) if request.veto else None  # kept referenced
         if hook is not None:
             pythia.setUserHooksPtr(hook)
         if not pythia.init():
-            raise RuntimeError(f"Pythia failed to initialise {request.process}; settings: {settings}")
+            raise ConfigError(f"Pythia failed to initialise {request.process}; check the --set options")
 
         rng = np.random.default_rng([request.seed, chunk])
         chunks, factors, indices = [], [], []
@@ -152,8 +167,6 @@ def _worker(request: Request, chunk: int, quota: int, updates) -> JobResult:
 def run_chunks(request: Request) -> list[JobResult]:
     """Run every chunk (on request.jobs processes when more than one) under one progress bar."""
     quotas = chunk_quotas(request.events, request.chunk_events)
-    if len(quotas) > 0xFFF:
-        raise ValueError(f"--events {request.events} needs more than {0xFFF} chunks; split the sample")
     bar = tqdm(total=request.events, unit="evt", desc=request.process, file=sys.stderr, smoothing=0.1)
     counts = {"generated": 0}
 
@@ -184,9 +197,12 @@ def run_chunks(request: Request) -> list[JobResult]:
 def produce(request: Request) -> dict:
     """Produce the sample, write request.out atomically and return its metadata."""
     wall = time.time()
-    with tempfile.TemporaryDirectory(prefix="lit_vae_mc_") as workdir:  # validates the parameters early
+    with tempfile.TemporaryDirectory(prefix="lit_vae_mc_") as workdir:  # validates the options early
         process = build_process(request.process, mass=request.mass, mass_c1n2=request.mass_c1n2,
                                 mass_lsp=request.mass_lsp, workdir=Path(workdir))
+        configured_pythia(pythia_settings(request, process, 0))
+    if len(chunk_quotas(request.events, request.chunk_events)) > 0xFFF:
+        raise ConfigError(f"--events {request.events} needs more than {0xFFF} chunks; split the sample")
     truth_tagging = process.truth_tag_default if request.truth_tag is None else request.truth_tag
     results = run_chunks(request)
     accepted = sum(r.accepted for r in results)
@@ -220,8 +236,8 @@ def produce(request: Request) -> dict:
         "mpi": not request.fast,
         "fast": request.fast,
         "truth_tagging": truth_tagging,
-        "veto_invisible_pt_min_gev": process.invisible_pt_min,
-        "veto_visible_eta_max": process.visible_eta_max,
+        "veto_invisible_pt_min_gev": process.invisible_pt_min if request.veto else None,
+        "veto_visible_eta_max": process.visible_eta_max if request.veto else None,
         "sigma_pb": sigma_mb * MB_TO_PB,
         "sigma_err_pb": sigma_err_mb * MB_TO_PB,
         "events_generated": generated,

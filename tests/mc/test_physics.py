@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from lit_vae.errors import ConfigError
 from lit_vae.mc.analyses import four_vector, invariant_mass, met_trigger_efficiency, truth_tag
 from lit_vae.mc.detector import DETECTOR
 from lit_vae.mc.processes import c1n2_wh, write_slha
@@ -79,5 +80,5 @@ def test_slha_spectrum(tmp_path):
             for line in text.split("BLOCK MASS")[1].split("BLOCK NMIX")[0].strip().splitlines()}
     assert mass[1000024] == mass[1000023] == 300.0 and mass[1000022] == 75.0 and mass[1000021] == 5000.0
     assert "1.000000000e+00   2   1000022   24" in text and "1.000000000e+00   2   1000022   25" in text
-    with pytest.raises(ValueError, match="must exceed --mass-lsp"):
+    with pytest.raises(ConfigError, match="must exceed --mass-lsp"):
         c1n2_wh(200.0, 100.0, tmp_path / "bad.slha")

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from lit_vae.mc.analyses import ONE_LEPTON_EXTRA, ONE_LEPTON_FEATURES, ZGAMMA_EXTRA, ZGAMMA_FEATURES
 
@@ -43,7 +44,8 @@ def test_zgamma_physics_and_schema(produce_sample):
     for name in ZGAMMA_FEATURES:
         assert np.all(np.isfinite(ev[name])), name
     # The columns agree with an independent four-vector computation (scikit-hep vector).
-    vector = pytest.importorskip("vector")
+    import vector
+
     leptons = [vector.array({"pt": ev[f"{p}_pt"], "eta": ev[f"{p}_eta"], "phi": ev[f"{p}_phi"], "E": ev[f"{p}_e"]})
                for p in ("l1", "l2", "ph")]
     np.testing.assert_allclose((leptons[0] + leptons[1] + leptons[2]).mass, ev["m_llg"], rtol=1e-4)
@@ -143,3 +145,59 @@ def test_interrupted_run_leaves_no_file(tmp_path):
     assert proc.returncode == 130
     assert "nothing written" in stderr
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_zgamma_acceptance_veto_changes_nothing_selected(produce_sample):
+    """The |eta| < 3 process-level veto only removes events the selection would reject anyway."""
+    vetoed, meta_v, _ = produce_sample("zgamma", 1500, seed=21)
+    plain, meta_p, _ = produce_sample("zgamma", 1500, seed=22, veto=False)
+    assert meta_v["veto_visible_eta_max"] == 3.0 and meta_p["veto_visible_eta_max"] is None
+    # Selected cross-sections agree within their statistical errors (binomial on the selection).
+    xs = [m["sum_weights_pb"] for m in (meta_v, meta_p)]
+    err = [m["sum_weights_pb"] * np.sqrt((1 - m["selection_efficiency"]) / m["events_selected"])
+           for m in (meta_v, meta_p)]
+    assert abs(xs[0] - xs[1]) < 4 * np.hypot(*err)
+    for name in ("l1_eta", "l2_eta", "ph_eta", "m_llg", "ph_pt"):
+        assert stats.ks_2samp(vetoed[name], plain[name]).pvalue > 1e-3, name
+
+
+@pytest.mark.slow
+def test_btag_efficiency_on_ttbar_b_jets():
+    """Jets matched to a b quark from a top decay are tagged at 65-85 % (77 % working point)."""
+    import awkward as ak
+    import pythia8mc
+
+    from lit_vae.mc.detector import DETECTOR
+    from lit_vae.mc.processes import BEAM_SETTINGS, FAST_SETTINGS, ttbar
+    from lit_vae.mc.reconstruction import delta_r, pt_eta_phi, reconstruct
+
+    pythia = pythia8mc.Pythia("", False)
+    for line in [*BEAM_SETTINGS, *ttbar().settings, *FAST_SETTINGS, "Random:setSeed = on", "Random:seed = 5"]:
+        assert pythia.readString(line)
+    assert pythia.init()
+    rng = np.random.default_rng(5)
+    tagged = total = 0
+    for _ in range(4):
+        prt = pythia.nextBatch(250).prt
+        objects = reconstruct(prt, rng, DETECTOR)
+        b_quarks = prt[(abs(prt.id) == 5) & (abs(prt.status) == 23)]  # outgoing b of the top decays
+        pt, eta, phi = pt_eta_phi(b_quarks.p.px, b_quarks.p.py, b_quarks.p.pz)
+        quarks = ak.zip({"eta": eta, "phi": phi})
+        jets = objects.jets[(objects.jets.pt > 30) & (abs(objects.jets.eta) < 2.5)]
+        pairs = ak.cartesian({"j": jets, "q": quarks}, nested=True)
+        matched = ak.any(delta_r(pairs.j.eta, pairs.j.phi, pairs.q.eta, pairs.q.phi) < 0.3, axis=2)
+        prob = ak.to_numpy(ak.flatten(jets.tag_prob[matched]))
+        tagged += int((rng.random(len(prob)) < prob).sum())
+        total += len(prob)
+    assert total > 500
+    assert 0.65 <= tagged / total <= 0.85
+
+
+def test_cli_rejects_a_bad_pythia_setting(tmp_path):
+    result = _run_cli("hzg", "--events", "5", "--out", str(tmp_path / "x.root"), "--set", "HiggsSM:gg2Hx = on")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "lit_vae.mc: error: Pythia rejected the setting 'HiggsSM:gg2Hx = on'; check its spelling in the Pythia manual"
+    ]
+    assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())

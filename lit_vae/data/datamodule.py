@@ -1,0 +1,240 @@
+"""LightningDataModules: a manifest region -> seeded 60/40 split -> fitted transform -> in-memory batches.
+
+Batches are whole slices of in-memory tensors (no per-row collation), reshuffled every epoch from the
+seed. Under DDP every rank gets its own shard with the same number of batches (the Trainer must run with
+`use_distributed_sampler=False`). A batch is a dict:
+  x        transformed features (float32), what the encoder sees and MSE models reconstruct
+  target   physical values for likelihood models (x / target_scale; counts stay integers)
+  weight   event weight normalised to mean 1 over the training set (ones if use_weights is False)
+  event_id, sample (index into `sample_names`), label (1 = signal)   in test/predict batches
+event_id is the uint64 id stored bit for bit in an int64 tensor: `.numpy().view(np.uint64)` recovers it.
+Ids are unique within a sample; an event is identified by (sample, event_id).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from lit_vae.data.io import read_region
+from lit_vae.data.manifest import check_inputs, load_manifest, nearest
+from lit_vae.data.split import is_train, uniform_from_id
+from lit_vae.data.transforms import FeatureTransform
+from lit_vae.errors import ConfigError, DataError
+
+MANIFESTS = Path(__file__).resolve().parents[2] / "data_manifests"
+
+
+class EventBatches:
+    """An iterable of dict batches sliced from tensors; shuffled from seed + epoch when shuffle is set."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], batch_size: int, *, shuffle: bool, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        self.tensors, self.batch_size, self.shuffle, self.seed = tensors, batch_size, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.n = len(next(iter(tensors.values())))
+        self.per_rank = self.n // world_size if world_size > 1 else self.n
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return -(-self.per_rank // self.batch_size)
+
+    def __iter__(self):
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=generator)
+            self.epoch += 1
+        else:
+            order = torch.arange(self.n)
+        order = order[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
+        for start in range(0, self.per_rank, self.batch_size):
+            index = order[start:start + self.batch_size]
+            yield {name: values[index] for name, values in self.tensors.items()}
+
+
+class EventDataModule(L.LightningDataModule):
+    """Events of one region of a manifest, split, transformed and batched for training and evaluation.
+
+    Args:
+        manifest: path of the manifest YAML.
+        region: region name in the manifest.
+        features: training features (default: every feature of the manifest, in its order).
+        batch_size: events per batch.
+        train_fraction: fraction of background events used for training; the rest validates.
+        seed: fixes the split and the shuffling (linked to seed_everything by the CLI).
+        max_events: keep at most this many background events (a seeded, order-independent subset).
+        cache_dir: where the selected tables are cached as parquet (None: no cache).
+        use_weights: carry the normalised event weights (else ones).
+        nan_policy: 'drop' (and warn) or 'raise' on NaN/inf in a feature.
+        min_events: warn when train + validation background has fewer events (the thesis's 10^6).
+        target_scale: fixed positive scales dividing the likelihood model's physical targets, by feature.
+    """
+
+    def __init__(self, manifest: str, region: str, features: list[str] | None = None, batch_size: int = 256,
+                 train_fraction: float = 0.6, seed: int = 42, max_events: int | None = None,
+                 cache_dir: str | None = ".cache/lit-vae", use_weights: bool = True,
+                 nan_policy: Literal["drop", "raise"] = "drop", min_events: int = 1_000_000,
+                 target_scale: dict[str, float] | None = None):
+        super().__init__()
+        self.manifest = load_manifest(manifest)
+        self.region = region
+        self.manifest.region_cut(region)
+        self.features = list(features) if features else list(self.manifest.features)
+        for name in self.features:
+            if name not in self.manifest.features:
+                raise ConfigError(f"{self.manifest.path}: feature '{name}' is not in the manifest"
+                                  f"{nearest(name, self.manifest.features)}")
+        if not 0 < train_fraction < 1:
+            raise ConfigError(f"train_fraction must lie in (0, 1), got {train_fraction}")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be positive, got {batch_size}")
+        scales = target_scale or {}
+        for name, value in scales.items():
+            if name not in self.features or value <= 0:
+                raise ConfigError(f"target_scale.{name}: needs a training feature and a positive scale")
+        self.target_scales = [float(scales.get(name, 1.0)) for name in self.features]
+        self.batch_size, self.train_fraction, self.seed = batch_size, train_fraction, seed
+        self.max_events, self.cache_dir, self.use_weights = max_events, cache_dir, use_weights
+        self.nan_policy, self.min_events = nan_policy, min_events
+        self.transform: FeatureTransform | None = None
+        self.summary = None
+        self._parts: dict[str, dict[str, torch.Tensor]] = {}
+
+    # What models need, so that the CLI can link it instead of the user repeating it.
+    @property
+    def n_features(self) -> int:
+        return len(self.features)
+
+    @property
+    def feature_kinds(self) -> list[str]:
+        return [self.manifest.features[name].kind for name in self.features]
+
+    @property
+    def sample_names(self) -> list[str]:
+        return list(self.manifest.samples)
+
+    def prepare_data(self) -> None:
+        """Read (or find cached) the region once, on one process."""
+        check_inputs(self.manifest, self.region, self.features)
+        read_region(self.manifest, self.region, self.features, nan_policy=self.nan_policy, cache_dir=self.cache_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._parts:
+            return
+        table = read_region(self.manifest, self.region, self.features, nan_policy=self.nan_policy,
+                            cache_dir=self.cache_dir)
+        names = self.sample_names
+        sample_index = np.array([names.index(s) for s in table["sample"].astype(str)])
+        ids = table["event_id"].to_numpy(dtype=np.uint64)
+        signal = table["is_signal"].to_numpy(dtype=bool)
+        train = np.zeros(len(table), dtype=bool)
+        keep = np.ones(len(table), dtype=bool)
+        for i, name in enumerate(names):
+            rows = (sample_index == i) & ~signal
+            train[rows] = is_train(ids[rows], name, self.seed, self.train_fraction)
+        if self.max_events is not None:
+            keep = self._subset(ids, sample_index, ~signal)
+        x = np.array(table[self.features].to_numpy(dtype=np.float64), copy=True)
+        weight = table["weight"].to_numpy(dtype=np.float64)
+        parts = {"train": keep & ~signal & train, "val": keep & ~signal & ~train}
+        parts["test"] = parts["val"] | signal
+        if not parts["train"].any() or not parts["val"].any():
+            raise DataError(f"{self.manifest.path}: region '{self.region}' leaves an empty training or validation "
+                            f"part ({int(parts['train'].sum())} / {int(parts['val'].sum())} background events)")
+        self.transform = FeatureTransform.fit(x[parts["train"]], self.feature_kinds, self.target_scales)
+        norm = weight[parts["train"]].mean() if self.use_weights else 1.0
+        x_t = torch.from_numpy(x)
+        for part, rows in parts.items():
+            tensors = {
+                "x": self.transform(x_t[rows]),
+                "target": self.transform.targets(x_t[rows]),
+                "weight": torch.from_numpy(weight[rows] / norm if self.use_weights else np.ones(rows.sum()))
+                .to(torch.float32),
+            }
+            if part == "test":
+                tensors["event_id"] = torch.from_numpy(ids[rows].view(np.int64).copy())
+                tensors["sample"] = torch.from_numpy(sample_index[rows])
+                tensors["label"] = torch.from_numpy(signal[rows].astype(np.int64))
+            self._parts[part] = tensors
+        self._report(table, sample_index, parts, signal)
+
+    def _subset(self, ids: np.ndarray, sample_index: np.ndarray, background: np.ndarray) -> np.ndarray:
+        """Signals plus the max_events background events with the smallest seeded hash (order-independent)."""
+        u = np.full(len(ids), np.inf)
+        for i, name in enumerate(self.sample_names):
+            rows = (sample_index == i) & background
+            u[rows] = uniform_from_id(ids[rows], f"subset|{name}", self.seed)
+        keep = ~background
+        keep[np.argsort(u, kind="stable")[: self.max_events]] = True
+        return keep
+
+    def _report(self, table, sample_index, parts, signal) -> None:
+        rows = []
+        for i, name in enumerate(self.sample_names):
+            mine = sample_index == i
+            rows.append({"sample": name, "role": "signal" if signal[mine].any() else "background",
+                         "events": int(mine.sum()), "train": int((mine & parts["train"]).sum()),
+                         "val": int((mine & parts["val"]).sum()),
+                         "sigma_x_eff_pb": float(table["weight"][mine].sum())})
+        self.summary = rows
+        lines = [f"{self.manifest.path.name} region '{self.region}':",
+                 f"  {'sample':<22}{'role':<12}{'events':>9}{'train':>9}{'val':>9}{'sigma x eff (pb)':>18}"]
+        lines += [f"  {r['sample']:<22}{r['role']:<12}{r['events']:>9}{r['train']:>9}{r['val']:>9}"
+                  f"{r['sigma_x_eff_pb']:>18.4g}" for r in rows]
+        rank_zero_info("\n".join(lines))
+        n_background = int((parts["train"] | parts["val"]).sum())
+        if n_background < self.min_events:
+            warnings.warn(f"region '{self.region}' has {n_background} background events for training + validation, "
+                          f"below min_events = {self.min_events} (the thesis's lower limit); "
+                          "`make samples SCALE=k` produces more", stacklevel=2)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.logger is not None:
+            trainer.logger.log_hyperparams({f"data/{r['sample']}/{k}": r[k] for r in rows
+                                            for k in ("events", "train", "val")})
+
+    def _loader(self, part: str, shuffle: bool) -> EventBatches:
+        if not self._parts:
+            self.setup()
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return EventBatches(self._parts[part], self.batch_size, shuffle=shuffle, seed=self.seed,
+                            rank=rank, world_size=world)
+
+    def train_dataloader(self) -> EventBatches:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> EventBatches:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> EventBatches:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> EventBatches:
+        return self._loader("test", shuffle=False)
+
+    def part(self, name: Literal["train", "val", "test"]) -> dict[str, torch.Tensor]:
+        """The tensors of one part (after setup)."""
+        if not self._parts:
+            self.setup()
+        return self._parts[name]
+
+
+class ZGammaDataModule(EventDataModule):
+    """The Zgamma window with the paper's 21 features (data_manifests/zgamma.yaml)."""
+
+    def __init__(self, manifest: str = str(MANIFESTS / "zgamma.yaml"), region: str = "window", **kwargs):
+        super().__init__(manifest=manifest, region=region, **kwargs)
+
+
+class Wh1LbbDataModule(EventDataModule):
+    """One Wh1Lbb region of the thesis (data_manifests/wh1lbb.yaml): preselection, mid or 2-3b."""
+
+    def __init__(self, region: Literal["preselection", "mid", "2-3b"] = "preselection",
+                 manifest: str = str(MANIFESTS / "wh1lbb.yaml"), **kwargs):
+        super().__init__(manifest=manifest, region=region, **kwargs)

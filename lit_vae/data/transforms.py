@@ -1,0 +1,101 @@
+"""Invertible per-feature preprocessing, fitted on the training part, kept as tensors in checkpoints.
+
+What the encoder sees (and what MSE models reconstruct), by feature kind:
+- positive: log1p(x / s), s the training median, then standardised; inverse clamps at 0.
+- real: standardised.
+- angle: x / pi, in [-1, 1); the inverse wraps back into [-pi, pi).
+- count: standardised; the inverse rounds to the nearest non-negative integer.
+The likelihood model's targets stay physical (`targets`: x divided by a fixed positive scale).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from lit_vae.data.manifest import KINDS
+from lit_vae.errors import DataError
+
+KIND_CODE = {kind: i for i, kind in enumerate(KINDS)}
+
+
+class FeatureTransform(nn.Module):
+    """Per-feature forward/inverse maps; state in buffers (log scale, mean, std, target scale, kinds)."""
+
+    def __init__(self, kinds: list[str], log_scale=None, mean=None, std=None, target_scale=None):
+        super().__init__()
+        n = len(kinds)
+        for kind in kinds:
+            if kind not in KIND_CODE:
+                raise DataError(f"unknown feature kind '{kind}'; one of {', '.join(KINDS)}")
+        self.register_buffer("kind", torch.tensor([KIND_CODE[k] for k in kinds], dtype=torch.long))
+        self.register_buffer("log_scale", torch.as_tensor(log_scale if log_scale is not None else [1.0] * n,
+                                                          dtype=torch.float64))
+        self.register_buffer("mean", torch.as_tensor(mean if mean is not None else [0.0] * n, dtype=torch.float64))
+        self.register_buffer("std", torch.as_tensor(std if std is not None else [1.0] * n, dtype=torch.float64))
+        self.register_buffer("target_scale", torch.as_tensor(
+            target_scale if target_scale is not None else [1.0] * n, dtype=torch.float64))
+
+    @property
+    def kinds(self) -> list[str]:
+        return [KINDS[int(c)] for c in self.kind]
+
+    def _is(self, kind: str) -> torch.Tensor:
+        return self.kind == KIND_CODE[kind]
+
+    @classmethod
+    def fit(cls, x: np.ndarray, kinds: list[str], target_scale: list[float] | None = None) -> FeatureTransform:
+        """Fit on the training events x (events, features) in physical units."""
+        x = np.asarray(x, dtype=np.float64)
+        transform = cls(kinds, target_scale=target_scale)
+        positive = transform._is("positive").numpy()
+        if np.any(x[:, positive] < 0):
+            bad = [k for k, p, neg in zip(range(x.shape[1]), positive, (x < 0).any(axis=0), strict=True) if p and neg]
+            raise DataError(f"features {bad} are declared positive but have negative values; declare them 'real'")
+        log_scale = np.where(positive, np.maximum(np.median(np.where(positive, x, 1.0), axis=0), 1e-6), 1.0)
+        transform.log_scale.copy_(torch.from_numpy(log_scale))
+        staged = transform._stage(torch.from_numpy(x)).numpy()
+        standardise = ~transform._is("angle").numpy()
+        mean = np.where(standardise, staged.mean(axis=0), 0.0)
+        std = np.where(standardise, staged.std(axis=0), 1.0)
+        transform.mean.copy_(torch.from_numpy(mean))
+        transform.std.copy_(torch.from_numpy(np.where(std > 0, std, 1.0)))
+        return transform
+
+    def _stage(self, x: torch.Tensor) -> torch.Tensor:
+        """The kind-specific map before standardisation."""
+        x = x.to(torch.float64)
+        logged = torch.log1p(x.clamp(min=0) / self.log_scale)
+        angle = x / math.pi
+        return torch.where(self._is("positive"), logged, torch.where(self._is("angle"), angle, x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Physical values (events, features) -> network inputs (float32)."""
+        return ((self._stage(x) - self.mean) / self.std).to(torch.float32)
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """Network outputs -> physical values: positives >= 0, angles in [-pi, pi), counts integers >= 0."""
+        s = y.to(torch.float64) * self.std + self.mean
+        positive = self.log_scale * torch.expm1(s.clamp(max=50.0))
+        angle = torch.remainder(s * math.pi + math.pi, 2 * math.pi) - math.pi
+        count = torch.round(s).clamp(min=0)
+        out = torch.where(self._is("positive"), positive.clamp(min=0), s)
+        out = torch.where(self._is("angle"), angle, out)
+        return torch.where(self._is("count"), count, out).to(torch.float32)
+
+    def targets(self, x: torch.Tensor) -> torch.Tensor:
+        """Physical targets for likelihood models: x / target_scale, counts untouched."""
+        scale = torch.where(self._is("count"), torch.ones_like(self.target_scale), self.target_scale)
+        return (x.to(torch.float64) / scale).to(torch.float32)
+
+    def state(self) -> dict:
+        """Plain-data state (lists of numbers and kind names), e.g. for metadata."""
+        return {"kinds": self.kinds, **{k: getattr(self, k).tolist() for k in
+                                        ("log_scale", "mean", "std", "target_scale")}}
+
+    @classmethod
+    def from_state(cls, state: dict) -> FeatureTransform:
+        return cls(state["kinds"], state["log_scale"], state["mean"], state["std"], state["target_scale"])
