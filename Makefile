@@ -10,7 +10,7 @@ JOBS ?= 2
 MC := $(PY) -m lit_vae.mc
 N = $$(( $(1) * $(SCALE) ))
 
-.PHONY: install test test-fast samples lint clean
+.PHONY: install test test-fast samples lint clean bench
 
 install: $(STAMP)
 
@@ -42,3 +42,7 @@ lint: install
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
+
+# Measures speed as ratios against same-run references and writes BENCHMARKS.md.
+bench: install
+	$(PY) benchmarks/run.py

@@ -1,0 +1,115 @@
+"""Densities, KLs and heads against scipy, torch.distributions and closed forms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, stats
+
+from lit_vae.models.distributions import (
+    HEADS,
+    LearnablePrior,
+    clipped_lognormal_log_prob,
+    discrete_gaussian_log_prob,
+    kl_diagonal_gaussians,
+    kl_standard_normal,
+)
+
+
+@pytest.fixture(autouse=True)
+def double_precision():
+    """Compare with scipy in float64; restore the default afterwards (it is global state)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def test_clipped_lognormal_matches_scipy_and_the_point_mass():
+    x = torch.tensor([1e-6, 5e-5, 0.5, 3.0, 250.0])
+    fraction, mu, sigma = torch.tensor(0.2), torch.tensor(1.1), torch.tensor(0.7)
+    got = clipped_lognormal_log_prob(x, fraction, mu, sigma).numpy()
+    expected = np.log(0.8) + stats.lognorm.logpdf(x.numpy(), s=0.7, scale=np.exp(1.1))
+    np.testing.assert_allclose(got[2:], expected[2:], rtol=1e-10)
+    np.testing.assert_allclose(got[:2], np.log(0.2))
+    # Normalised: point mass + integral of the continuous part above the threshold = 1.
+    cont, _ = integrate.quad(lambda v: np.exp(clipped_lognormal_log_prob(
+        torch.tensor(v), fraction, mu, sigma).item()), 1e-4, np.inf, limit=200)
+    assert 0.2 + cont == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("mu, sigma", [(0.3, 0.8), (2.6, 0.5), (-1.5, 1.2), (9.0, 0.3), (-6.0, 0.4), (40.0, 2.0)])
+def test_discrete_gaussian_is_normalised_and_integrates_the_gaussian(mu, sigma):
+    n = torch.arange(0, 200, dtype=torch.float64)
+    log_p = discrete_gaussian_log_prob(n, torch.tensor(mu), torch.tensor(sigma))
+    assert torch.isfinite(log_p[:60]).all()
+    assert log_p.exp().sum().item() == pytest.approx(1.0, abs=1e-9)
+    norm = stats.norm.sf(-0.5, loc=mu, scale=sigma)
+    for k in (0, 1, 3):
+        integral, _ = integrate.quad(stats.norm(mu, sigma).pdf, k - 0.5, k + 0.5)
+        if integral > 1e-300:
+            assert log_p[k].exp().item() == pytest.approx(integral / norm, rel=1e-6, abs=1e-300)
+
+
+def test_discrete_gaussian_far_tail_is_finite():
+    log_p = discrete_gaussian_log_prob(torch.tensor([0.0, 30.0]), torch.tensor(30.0), torch.tensor(0.5))
+    assert torch.isfinite(log_p).all() and log_p[0] < -1000
+
+
+def test_kl_forms():
+    mu, log_sigma = torch.randn(100, 8), 0.3 * torch.randn(100, 8)
+    q = torch.distributions.Normal(mu, log_sigma.exp())
+    p = torch.distributions.Normal(torch.zeros(8), torch.ones(8))
+    torch.testing.assert_close(kl_standard_normal(mu, log_sigma), torch.distributions.kl_divergence(q, p).sum(-1))
+    # The paper's printed form is minimised at sigma = 1/sqrt(2), not at the prior's sigma = 1.
+    sigmas = torch.linspace(0.3, 1.5, 1201)
+    paper = kl_standard_normal(torch.zeros(1201, 1), sigmas.log()[:, None], form="paper")
+    assert sigmas[paper.argmin()].item() == pytest.approx(2**-0.5, abs=2e-3)
+    with pytest.raises(ValueError, match="kl_form must be"):
+        kl_standard_normal(mu, log_sigma, form="other")
+
+
+def test_kl_between_diagonal_gaussians_matches_torch():
+    mu_q, ls_q, mu_p, ls_p = torch.randn(50, 6), 0.4 * torch.randn(50, 6), torch.randn(6), 0.4 * torch.randn(6)
+    expected = torch.distributions.kl_divergence(torch.distributions.Normal(mu_q, ls_q.exp()),
+                                                 torch.distributions.Normal(mu_p, ls_p.exp())).sum(-1)
+    torch.testing.assert_close(kl_diagonal_gaussians(mu_q, ls_q, mu_p, ls_p), expected)
+
+
+def test_learnable_prior_gets_gradients_and_moves():
+    prior = LearnablePrior(4)
+    optimiser = torch.optim.SGD(prior.parameters(), lr=0.1)
+    mu, log_sigma = torch.full((64, 4), 2.0), torch.full((64, 4), -1.0)
+    for _ in range(50):
+        optimiser.zero_grad()
+        loss = prior.kl(mu, log_sigma).mean()
+        loss.backward()
+        assert prior.mu.grad.abs().sum() > 0 and prior.log_sigma.grad.abs().sum() > 0
+        optimiser.step()
+    assert torch.all(prior.mu > 1.0) and torch.all(prior.log_sigma < -0.3)  # moved towards the posterior
+
+
+def draw(name: str, raw: torch.Tensor, n: int = 40_000) -> torch.Tensor:
+    return HEADS[name].sample(raw.expand(n, -1), generator=torch.Generator().manual_seed(0))
+
+
+def test_discrete_gaussian_samples_follow_the_pmf():
+    raw = torch.tensor([1.7, 0.2])
+    samples = draw("discrete_gaussian", raw)
+    pmf = HEADS["discrete_gaussian"].log_prob(torch.arange(8.0), raw.expand(8, 2)).exp().numpy()
+    np.testing.assert_allclose(np.bincount(samples.long().numpy(), minlength=8)[:8] / len(samples), pmf, atol=0.01)
+
+
+def test_clipped_lognormal_samples_follow_the_density():
+    raw = torch.tensor([-1.0, 3.0, -0.5])
+    samples = draw("clipped_lognormal", raw)
+    fraction, _, sigma = HEADS["clipped_lognormal"].params(raw)
+    assert (samples == 0).double().mean().item() == pytest.approx(fraction.item(), abs=0.01)
+    lognormal = stats.lognorm(s=sigma.item(), scale=np.exp(3.0))
+    assert stats.kstest(samples[samples > 0].numpy(), lognormal.cdf).pvalue > 1e-3
+
+
+def test_poisson_samples_have_the_rate():
+    raw = torch.tensor([1.0])
+    assert draw("poisson", raw).mean().item() == pytest.approx(HEADS["poisson"].params(raw)[0].item(), rel=0.03)
