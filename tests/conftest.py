@@ -54,3 +54,14 @@ def wh1lbb_manifest(wh1lbb_inputs, tmp_path):
     path = tmp_path / "wh1lbb.yaml"
     path.write_text(yaml.safe_dump(manifest, sort_keys=False))
     return path
+
+
+@pytest.fixture
+def wh1lbb_datamodule(wh1lbb_manifest, tmp_path):
+    """An EventDataModule over the small real one-lepton samples."""
+    from lit_vae.data import EventDataModule
+
+    dm = EventDataModule(str(wh1lbb_manifest), "preselection", batch_size=16, cache_dir=str(tmp_path / "cache"),
+                         min_events=0, seed=1)
+    dm.setup("fit")
+    return dm

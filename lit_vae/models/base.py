@@ -1,0 +1,154 @@
+"""What every lit-vae model shares: hyper-parameters as init args, the fitted transform carried in the
+checkpoint, event-weighted losses, the common metric names, and `sample` / `score`.
+
+Subclasses implement `losses(batch)` (per-event `loss`, `elbo`, `recon`, `kl`) and `sample_physical(n)`.
+Metrics: train/loss, val/loss (the objective, default monitor), val/elbo (beta = 1), val/recon, val/kl;
+generators add val/w1_mean (mean 1-D Wasserstein-1 of generated vs validation events, standardised).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from scipy.stats import wasserstein_distance
+from torchmetrics import MeanMetric
+
+from lit_vae.data.transforms import FeatureTransform
+from lit_vae.errors import ConfigError
+from lit_vae.models.components import check_plausible, hidden_sizes
+
+VAL_METRICS = ("loss", "elbo", "recon", "kl")
+
+
+def adam(params):
+    """The default optimiser factory (the learning rate is set from the model's learning_rate)."""
+    return torch.optim.Adam(params)
+
+
+class BaseVAE(L.LightningModule):
+    """Common machinery of the VAE family; see the module docstring."""
+
+    is_generator = True
+
+    def __init__(self, n_features: int, feature_kinds: list[str] | None = None,
+                 feature_names: list[str] | None = None, latent_dim: int = 8, n_hidden_layers: int = 2,
+                 n_nodes: int = 64, hidden: list[int] | None = None, activation: str = "relu",
+                 learning_rate: float = 1e-3, beta: float = 1.0, use_weights: bool = True,
+                 optimizer: OptimizerCallable = adam, lr_scheduler: LRSchedulerCallable | None = None,
+                 w1_events: int = 10_000):
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.feature_kinds = list(feature_kinds or ["real"] * n_features)
+        self.feature_names = list(feature_names or [f"x{i}" for i in range(n_features)])
+        if len(self.feature_kinds) != n_features or len(self.feature_names) != n_features:
+            raise ConfigError(f"n_features = {n_features} but {len(self.feature_kinds)} kinds and "
+                              f"{len(self.feature_names)} names were given")
+        if learning_rate <= 0 or beta < 0:
+            raise ConfigError(f"learning_rate must be > 0 and beta >= 0, got {learning_rate} and {beta}")
+        self.sizes = hidden_sizes(n_hidden_layers, n_nodes, hidden)
+        check_plausible(self.sizes, latent_dim)
+        self.n_features, self.latent_dim, self.activation = n_features, latent_dim, activation
+        self.learning_rate, self.beta, self.use_weights, self.w1_events = learning_rate, beta, use_weights, w1_events
+        self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
+        self.transform = FeatureTransform(self.feature_kinds)
+        self.manifest_hash = ""
+        self.val_means = torch.nn.ModuleDict({k: MeanMetric() for k in VAL_METRICS})
+        self._val_x: list[torch.Tensor] = []
+
+    # --- data the model carries ---------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and getattr(datamodule, "transform", None) is None and stage == "fit":
+            datamodule.setup(stage)
+        if datamodule is not None and datamodule.transform is not None and stage == "fit":
+            self.transform.load_state_dict(datamodule.transform.state_dict())
+            self.manifest_hash = datamodule.manifest.content_hash
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["lit_vae"] = {
+            "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+            "feature_names": self.feature_names, "feature_kinds": self.feature_kinds,
+            "manifest_hash": self.manifest_hash, "transform": self.transform.state(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.manifest_hash = checkpoint.get("lit_vae", {}).get("manifest_hash", "")
+
+    # --- the model's own parts --------------------------------------------------------------------------
+    def losses(self, batch: dict, deterministic: bool = False) -> dict[str, torch.Tensor]:
+        """Per-event loss (the objective), elbo (beta = 1), recon and kl; deterministic decodes the
+        posterior mean instead of a sample of it."""
+        raise NotImplementedError
+
+    def sample_physical(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n generated events in physical units (events, features)."""
+        raise NotImplementedError
+
+    # --- shared behaviour -------------------------------------------------------------------------------
+    def weighted_mean(self, values: torch.Tensor, batch: dict) -> torch.Tensor:
+        if self.use_weights and "weight" in batch:
+            return (values * batch["weight"]).sum() / batch["weight"].sum()
+        return values.mean()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.weighted_mean(self.losses(batch)["loss"], batch)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["x"]))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        parts = self.losses(batch)
+        weight = batch["weight"] if self.use_weights else torch.ones_like(parts["loss"])
+        for name in VAL_METRICS:
+            self.val_means[name].update(parts[name].detach(), weight)
+            self.log(f"val/{name}", self.val_means[name], on_epoch=True, prog_bar=name == "loss",
+                     batch_size=len(batch["x"]))
+        if self.is_generator and sum(len(v) for v in self._val_x) < self.w1_events:
+            self._val_x.append(batch["x"].detach().cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.is_generator or not self._val_x:
+            return
+        reference = torch.cat(self._val_x)[: self.w1_events].numpy()
+        self._val_x = []
+        generator = torch.Generator(device=self.device).manual_seed(12345)
+        generated = self.transform(self.sample_physical(len(reference), generator).cpu()).numpy()
+        w1 = np.mean([wasserstein_distance(generated[:, j], reference[:, j]) for j in range(self.n_features)])
+        self.log("val/w1_mean", float(w1), sync_dist=True)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        for group in optimizer.param_groups:
+            group["lr"] = self.learning_rate
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),
+                                                         "monitor": "val/loss"}}
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n events in physical units (counts integer, angles in [-pi, pi))."""
+        return self.sample_physical(n, generator)
+
+    @torch.no_grad()
+    def score(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Per-event anomaly score (the total loss) and its parts, at the posterior mean (deterministic)."""
+        parts = self.losses(batch, deterministic=True)
+        return {"score": parts["loss"], **{k: v for k, v in parts.items() if k not in ("loss", "elbo")}}
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        return {**self.score(batch), "event_id": batch["event_id"], "sample": batch["sample"],
+                "label": batch["label"], "weight": batch["weight"]}
+
+
+def load_model(checkpoint_path: str, map_location: str = "cpu") -> BaseVAE:
+    """Load a lit-vae checkpoint as its concrete class, in a fresh process, with nothing else."""
+    checkpoint = torch.load(checkpoint_path, map_location=map_location, weights_only=False)
+    if "lit_vae" not in checkpoint:
+        raise ConfigError(f"{checkpoint_path} is not a lit-vae checkpoint (no 'lit_vae' entry)")
+    module, _, name = checkpoint["lit_vae"]["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    return cls.load_from_checkpoint(checkpoint_path, map_location=map_location)

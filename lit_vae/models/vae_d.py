@@ -1,0 +1,118 @@
+"""VAE + discriminator (the Zgamma paper's VAE+D): encoder, decoder and discriminator, each with its own
+optimiser and loss, stepped by hand (Lightning manual optimisation).
+
+Per batch, in this order:
+1. discriminator: L_disc = BCE(D(X), 1) + BCE(D(X'), 0) + BCE(D(G), 0), on X and on the detached
+   reconstruction X' and decoding G of z ~ N(0, 1);
+2. decoder: L_dec = gamma * L_R - L_disc (the decoder tries to fool the updated discriminator);
+3. encoder: L_enc = beta * L_KL + gamma * L_R.
+Each loss reaches only its own network's parameters (`toggle_optimizer`). gamma plays beta's role on the
+reconstruction term (Table 1's "Variational Beta" row for VAE+D); beta on the KL stays, default 1.
+Only the encoder step counts as a Lightning step, so `global_step`, `max_steps` and step-based
+checkpointing count batches, as for the other models.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from lit_vae.errors import ConfigError
+from lit_vae.models.components import Discriminator, reparameterise
+from lit_vae.models.distributions import kl_standard_normal
+from lit_vae.models.vae import VAE
+
+
+class VAED(VAE):
+    """VAE + discriminator with three optimisers; see the module docstring for the step order."""
+
+    def __init__(self, n_features: int, gamma: float = 1.0, gradient_clip_val: float | None = None,
+                 discriminator_activation: str = "leaky_relu", **kwargs):
+        super().__init__(n_features=n_features, **kwargs)
+        self.automatic_optimization = False
+        self.gamma, self.gradient_clip_val = gamma, gradient_clip_val
+        self.discriminator = Discriminator(n_features, self.sizes, discriminator_activation)
+
+    def losses(self, batch: dict, deterministic: bool = False) -> dict[str, torch.Tensor]:
+        parts = super().losses(batch, deterministic)
+        parts["loss"] = self.gamma * parts["recon"] + self.beta * parts["kl"]
+        return parts
+
+    def discriminator_loss(self, x, reconstruction, generated, batch) -> torch.Tensor:
+        def bce(logits, target):
+            per_event = F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target), reduction="none")
+            return self.weighted_mean(per_event, batch)
+
+        d = self.discriminator
+        return bce(d(x), 1.0) + bce(d(reconstruction), 0.0) + bce(d(generated), 0.0)
+
+    def on_fit_start(self) -> None:
+        if "mixed" in str(self.trainer.precision):
+            raise ConfigError(f"VAED steps two of its optimisers outside Lightning's precision plugin; "
+                              f"precision '{self.trainer.precision}' is not supported: use 32-true or bf16-true")
+
+    def _step(self, optimizer, loss_fn, counted: bool) -> torch.Tensor:
+        """Compute loss_fn() with only optimizer's parameters trainable, backpropagate, clip, step."""
+        self.toggle_optimizer(optimizer)
+        loss = loss_fn()
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        if self.gradient_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm="norm")
+        if counted:
+            optimizer.step()  # through Lightning: counts one global step per batch
+        else:
+            optimizer.optimizer.step()
+        self.untoggle_optimizer(optimizer)
+        return loss.detach()
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        opt_encoder, opt_decoder, opt_discriminator = self.optimizers()
+        x = batch["x"]
+        with torch.no_grad():
+            z = reparameterise(*self.encoder(x))
+        z_prior = torch.randn_like(z)
+
+        def discriminator_step():
+            with torch.no_grad():
+                reconstruction, generated = self.decoder(z), self.decoder(z_prior)
+            return self.discriminator_loss(x, reconstruction, generated, batch)
+
+        def decoder_step():
+            reconstruction, generated = self.decoder(z), self.decoder(z_prior)
+            recon = self.weighted_mean(self.mse(reconstruction, x), batch)
+            return self.gamma * recon - self.discriminator_loss(x, reconstruction, generated, batch)
+
+        def encoder_step():
+            z_new, mu, log_sigma = self.encode(x)
+            recon = self.weighted_mean(self.mse(self.decoder(z_new), x), batch)
+            kl = self.weighted_mean(kl_standard_normal(mu, log_sigma, self.kl_form), batch)
+            return self.beta * kl + self.gamma * recon
+
+        l_disc = self._step(opt_discriminator, discriminator_step, counted=False)
+        l_dec = self._step(opt_decoder, decoder_step, counted=False)
+        l_enc = self._step(opt_encoder, encoder_step, counted=True)
+        n = len(x)
+        self.log("train/loss", l_enc, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
+        self.log("train/disc", l_disc, on_step=True, on_epoch=True, batch_size=n)
+        self.log("train/dec", l_dec, on_step=True, on_epoch=True, batch_size=n)
+
+    def on_train_epoch_end(self) -> None:
+        schedulers = self.lr_schedulers()
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                if "val/loss" in self.trainer.callback_metrics:
+                    scheduler.step(self.trainer.callback_metrics["val/loss"])
+            else:
+                scheduler.step()
+
+    def configure_optimizers(self):
+        optimizers = []
+        for network in (self.encoder, self.decoder, self.discriminator):
+            optimizer = self.optimizer_factory(network.parameters())
+            for group in optimizer.param_groups:
+                group["lr"] = self.learning_rate
+            optimizers.append(optimizer)
+        if self.scheduler_factory is None:
+            return optimizers
+        return optimizers, [self.scheduler_factory(o) for o in optimizers]
