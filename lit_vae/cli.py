@@ -1,29 +1,131 @@
-"""The `lit-vae` command. Training, prediction and generation subcommands arrive with the models;
-for now it tells the user what exists and how to make the Monte Carlo samples."""
+"""The `lit-vae` command: LightningCLI with fit, validate, test, predict and generate.
+
+`configs/base.yaml` (trainer, loggers, callbacks, default model and data) is read first; a model config
+adds what differs: `lit-vae fit --config configs/zgamma/vae.yaml`. The DataModule's feature count, kinds
+and names are linked into the model, and seed_everything into the DataModule's split seed.
+"""
 
 from __future__ import annotations
 
-import argparse
+import netrc
+import os
 import sys
+import warnings
+from pathlib import Path
 
-import lit_vae
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.cli import LightningCLI
+from tqdm import tqdm
 
-DESCRIPTION = """lit-vae: variational autoencoders for LHC events (Zgamma generation, Wh1Lbb anomaly detection).
+from lit_vae.callbacks import ScoreWriter
+from lit_vae.data.datamodule import EventDataModule
+from lit_vae.data.io import EventWriter
+from lit_vae.errors import ConfigError, LitVAEError
+from lit_vae.models.base import BaseVAE, load_model
 
-Available now:
-  python -m lit_vae.mc PROCESS --events N --out FILE.root   produce a Monte Carlo ntuple
-  make samples                                              regenerate the shipped sample in data/
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+BASE_CONFIG = CONFIGS / "base.yaml"
 
-Coming with the models: lit-vae fit | predict | generate | evaluate | sweep."""
+
+class LitVAETrainer(L.Trainer):
+    """The Lightning Trainer plus `generate`, a `predict` that writes scores, and a CPU thread setting."""
+
+    def __init__(self, num_threads: int | None = 1, **kwargs):
+        """num_threads: torch intra-op threads (1 trains these small MLPs fastest on a 2-core CPU;
+        None keeps torch's default)."""
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        super().__init__(**kwargs)
+
+    def predict(self, model=None, dataloaders=None, datamodule=None, return_predictions=None,
+                ckpt_path: str | None = None, output: str = "scores.parquet"):
+        """Score every event of the predict set (validation background + all signals) and write one row
+        per event to output (.parquet or .root)."""
+        if ckpt_path:
+            model = load_model(ckpt_path)  # the concrete class and the transform it was trained with
+            if datamodule is not None:
+                datamodule.use_transform(model.transform)
+                if model.manifest_hash and model.manifest_hash != datamodule.manifest.content_hash:
+                    warnings.warn(f"{ckpt_path} was trained with another version of {datamodule.manifest.path}",
+                                  stacklevel=2)
+        metadata = {"checkpoint": str(ckpt_path), "seed": datamodule.seed if datamodule is not None else None}
+        self.callbacks.append(ScoreWriter(output, metadata))
+        return super().predict(model, dataloaders, datamodule, return_predictions=False, ckpt_path=None)
+
+    def generate(self, model=None, datamodule=None, ckpt_path: str | None = None, n_events: int = 100_000,
+                 output: str = "generated.parquet", seed: int = 0, batch_size: int = 100_000) -> Path:
+        """Generate events in physical units from a trained model and write them (.parquet or .root)."""
+        if not ckpt_path:
+            raise ConfigError("generate needs --ckpt_path CKPT, a checkpoint written by `lit-vae fit`")
+        if n_events < 1 or batch_size < 1:
+            raise ConfigError(f"--n_events and --batch_size must be positive, got {n_events} and {batch_size}")
+        device = self.strategy.root_device
+        model = load_model(ckpt_path, map_location=str(device)).eval()
+        generator = torch.Generator(device=device).manual_seed(seed)
+        metadata = {"checkpoint": str(ckpt_path), "seed": seed, "model": type(model).__name__,
+                    "manifest_hash": model.manifest_hash, "n_events": n_events, "units": "GeV, rad"}
+        counts = [k == "count" for k in model.feature_kinds]
+        with EventWriter(output, metadata) as writer, tqdm(total=n_events, unit="evt", desc="generating",
+                                                          file=sys.stderr) as bar:
+            for start in range(0, n_events, batch_size):
+                events = model.sample(min(batch_size, n_events - start), generator).cpu().numpy()
+                writer.append({name: events[:, j].astype(np.int32 if counts[j] else np.float32)
+                               for j, name in enumerate(model.feature_names)})
+                bar.update(len(events))
+        return Path(output)
+
+
+def wandb_logged_in() -> bool:
+    """Whether the user has an online W&B account configured (API key in the environment or netrc)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def confine_wandb(run_root: str = "runs") -> None:
+    """Keep every W&B file under run_root (nothing in the home directory); offline without a login."""
+    root = Path(run_root).resolve()
+    for variable, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", ".wandb/cache"), ("WANDB_DATA_DIR", ".wandb/data"),
+                          ("WANDB_CONFIG_DIR", ".wandb/config")):
+        path = Path(os.environ.setdefault(variable, str(root / sub)))
+        path.mkdir(parents=True, exist_ok=True)
+    if "WANDB_MODE" not in os.environ and not wandb_logged_in():
+        os.environ["WANDB_MODE"] = "offline"
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+
+class LitVAECLI(LightningCLI):
+    """LightningCLI with the generate subcommand and the data -> model links."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {**LightningCLI.subcommands(), "generate": {"model", "datamodule"}}
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.n_features", "model.init_args.n_features", apply_on="instantiate")
+        parser.link_arguments("data.feature_kinds", "model.init_args.feature_kinds", apply_on="instantiate")
+        parser.link_arguments("data.features", "model.init_args.feature_names", apply_on="instantiate")
+        parser.link_arguments("seed_everything", "data.init_args.seed")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="lit-vae", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--version", action="version", version=f"lit-vae {lit_vae.__version__}")
-    parser.parse_args(argv)
-    parser.print_help()
+    """Entry point of `lit-vae`."""
+    confine_wandb()
+    try:
+        LitVAECLI(
+            BaseVAE, EventDataModule, trainer_class=LitVAETrainer, subclass_mode_model=True,
+            subclass_mode_data=True, auto_configure_optimizers=False, save_config_kwargs={"overwrite": True},
+            parser_kwargs={name: {"default_config_files": [str(BASE_CONFIG)]} for name in LitVAECLI.subcommands()},
+            args=argv,
+        )
+    except LitVAEError as err:
+        print(f"lit-vae: error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,12 +1,15 @@
 """LightningDataModules: a manifest region -> seeded 60/40 split -> fitted transform -> in-memory batches.
 
 Batches are whole slices of in-memory tensors (no per-row collation), reshuffled every epoch from the
-seed. Under DDP every rank gets its own shard with the same number of batches (the Trainer must run with
-`use_distributed_sampler=False`). A batch is a dict:
+seed. Under DDP (the Trainer runs with `use_distributed_sampler=False`) every rank gets its own training
+shard with the same number of batches (unequal counts would hang the gradient all-reduce; up to
+world_size - 1 events sit out each epoch, different ones every epoch); validation, test and predict
+shards stride over every event, so each is seen exactly once. A batch is a dict:
   x        transformed features (float32), what the encoder sees and MSE models reconstruct
   target   physical values for likelihood models (x / target_scale; counts stay integers)
   weight   event weight normalised to mean 1 over the training set (ones if use_weights is False)
-  event_id, sample (index into `sample_names`), label (1 = signal)   in test/predict batches
+  event_id, sample (index into `sample_names`), label (1 = signal), weight_pb (the file's weight, pb)
+                                                                      in test/predict batches
 event_id is the uint64 id stored bit for bit in an int64 tensor: `.numpy().view(np.uint64)` recovers it.
 Ids are unique within a sample; an event is identified by (sample, event_id).
 """
@@ -39,7 +42,8 @@ class EventBatches:
         self.tensors, self.batch_size, self.shuffle, self.seed = tensors, batch_size, shuffle, seed
         self.rank, self.world_size = rank, world_size
         self.n = len(next(iter(tensors.values())))
-        self.per_rank = self.n // world_size if world_size > 1 else self.n
+        # Training shards are equal (n // world_size); evaluation shards stride over every event.
+        self.per_rank = self.n // world_size if shuffle else len(range(rank, self.n, world_size))
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -49,10 +53,10 @@ class EventBatches:
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(self.n, generator=generator)
+            order = order[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
             self.epoch += 1
         else:
-            order = torch.arange(self.n)
-        order = order[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
+            order = torch.arange(self.rank, self.n, self.world_size)
         for start in range(0, self.per_rank, self.batch_size):
             index = order[start:start + self.batch_size]
             yield {name: values[index] for name, values in self.tensors.items()}
@@ -103,6 +107,7 @@ class EventDataModule(L.LightningDataModule):
         self.max_events, self.cache_dir, self.use_weights = max_events, cache_dir, use_weights
         self.nan_policy, self.min_events = nan_policy, min_events
         self.transform: FeatureTransform | None = None
+        self.fixed_transform: FeatureTransform | None = None
         self.summary = None
         self._parts: dict[str, dict[str, torch.Tensor]] = {}
 
@@ -147,7 +152,8 @@ class EventDataModule(L.LightningDataModule):
         if not parts["train"].any() or not parts["val"].any():
             raise DataError(f"{self.manifest.path}: region '{self.region}' leaves an empty training or validation "
                             f"part ({int(parts['train'].sum())} / {int(parts['val'].sum())} background events)")
-        self.transform = FeatureTransform.fit(x[parts["train"]], self.feature_kinds, self.target_scales)
+        self.transform = self.fixed_transform or FeatureTransform.fit(x[parts["train"]], self.feature_kinds,
+                                                                      self.target_scales)
         norm = weight[parts["train"]].mean() if self.use_weights else 1.0
         x_t = torch.from_numpy(x)
         for part, rows in parts.items():
@@ -161,8 +167,17 @@ class EventDataModule(L.LightningDataModule):
                 tensors["event_id"] = torch.from_numpy(ids[rows].view(np.int64).copy())
                 tensors["sample"] = torch.from_numpy(sample_index[rows])
                 tensors["label"] = torch.from_numpy(signal[rows].astype(np.int64))
+                tensors["weight_pb"] = torch.from_numpy(weight[rows])
             self._parts[part] = tensors
         self._report(table, sample_index, parts, signal)
+
+    def use_transform(self, transform: FeatureTransform) -> None:
+        """Transform with a given (e.g. a checkpoint's) transform instead of fitting one; before setup."""
+        if [k for k in transform.kinds] != self.feature_kinds:
+            raise ConfigError(f"the checkpoint's feature kinds {transform.kinds} do not match the data's "
+                              f"{self.feature_kinds}: use the config the model was trained with")
+        self.fixed_transform = transform
+        self._parts = {}
 
     def _subset(self, ids: np.ndarray, sample_index: np.ndarray, background: np.ndarray) -> np.ndarray:
         """Signals plus the max_events background events with the smallest seeded hash (order-independent)."""

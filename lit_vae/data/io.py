@@ -157,12 +157,13 @@ def read_region(manifest, region: str, features: list[str], *, nan_policy: str =
     `event_id`, `sample` and `is_signal`, read from the parquet cache when the inputs are unchanged."""
     import pandas as pd
 
-    from lit_vae.data.manifest import check_inputs
+    from lit_vae.data.manifest import check_files_exist, check_inputs
     from lit_vae.data.selection import evaluate_cut
 
     if nan_policy not in ("drop", "raise"):
         raise DataError(f"nan_policy must be 'drop' or 'raise', got '{nan_policy}'")
     cut = manifest.region_cut(region)
+    check_files_exist(manifest)
     cache_file = None
     if cache_dir is not None:
         cache_file = Path(cache_dir) / f"{manifest.path.stem}-{region}-{cache_key(manifest, region, features)}.parquet"
@@ -223,3 +224,51 @@ def _drop_non_finite(frame, features: list[str], policy: str, where: str):
         raise DataError(f"{message}; fix the input or use nan_policy='drop'")
     warnings.warn(f"{message}; dropped {int(bad.any(axis=1).sum())} events", stacklevel=3)
     return frame[~bad.any(axis=1)].reset_index(drop=True)
+
+
+# --- Streaming writer for outputs (scores, generated events) -------------------------------------------
+
+class EventWriter:
+    """Append column batches to a .parquet file or a ROOT `events` tree, atomically.
+
+    Use as a context manager: the file appears under its name only when the block ends without error.
+    """
+
+    def __init__(self, path: str | os.PathLike, metadata: Mapping):
+        self.path = Path(path)
+        if self.path.suffix not in (".parquet", ".root"):
+            raise OutputError(f"{self.path}: the output must end in .parquet or .root")
+        self.metadata = dict(metadata)
+        self._atomic = atomic_path(self.path)
+        self._writer = None
+
+    def __enter__(self) -> EventWriter:
+        self._tmp = self._atomic.__enter__()
+        return self
+
+    def append(self, columns: Mapping[str, np.ndarray]) -> None:
+        _check_columns(columns)
+        if self.path.suffix == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            table = pa.table({name: np.asarray(values) for name, values in columns.items()})
+            if self._writer is None:
+                schema = table.schema.with_metadata({b"lit_vae": json.dumps(self.metadata, default=_json_default)})
+                self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd", use_dictionary=False)
+            self._writer.write_table(table.cast(self._writer.schema))
+        else:
+            import uproot
+
+            if self._writer is None:
+                self._writer = uproot.recreate(self._tmp, compression=uproot.ZSTD(5))
+                self._writer[METADATA_KEY] = json.dumps(self.metadata, sort_keys=True, default=_json_default)
+                self._writer.mktree(TREE, {name: np.asarray(v).dtype for name, v in columns.items()})
+            self._writer[TREE].extend({name: np.ascontiguousarray(v) for name, v in columns.items()})
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self._writer is not None:
+            self._writer.close()
+        elif exc_type is None:  # nothing was appended: an error, and no file
+            exc_type, exc = DataError, DataError(f"{self.path}: no events to write")
+        return self._atomic.__exit__(exc_type, exc, tb)

@@ -1,7 +1,8 @@
 """The manifest: a typed, validated description of samples, features and regions (data_manifests/*.yaml).
 
-Loading checks every key and type and resolves the file globs relative to the manifest; `check_inputs`
-opens each file to check its tree and branches. Every problem is a ConfigError or DataError that names
+Loading checks every key and type and resolves the file globs relative to the manifest (so that a model
+can be built from a manifest whose data are elsewhere); reading checks that every pattern matched, and
+`check_inputs` opens each file to check its tree and branches. Every problem is a ConfigError or DataError that names
 the manifest, the key and, for a typo, the nearest valid name.
 """
 
@@ -47,6 +48,7 @@ class Sample:
     tree: str
     weight: str | None = None
     cross_section_pb: float | None = None
+    missing: tuple[str, ...] = ()  # file patterns that matched nothing: an error once data is read
 
     @property
     def is_signal(self) -> bool:
@@ -111,15 +113,14 @@ def load_manifest(path: str | Path) -> Manifest:
         _check_keys(where, spec, SAMPLE_KEYS, {"files", "role"})
         if spec["role"] not in ROLES:
             raise ConfigError(f"{where}.role: '{spec['role']}' is not one of {', '.join(ROLES)}")
-        files = []
+        files, missing = [], []
         for pattern in spec["files"]:
             matched = sorted(glob.glob(str(path.parent / pattern)))
-            if not matched:
-                raise DataError(f"{where}.files: no file matches '{pattern}' (relative to {path.parent}); "
-                                "run `make samples` or fix the path")
             files.extend(Path(m) for m in matched)
+            if not matched:
+                missing.append(pattern)
         samples[name] = Sample(name, tuple(files), spec["role"], spec.get("tree", tree), spec.get("weight"),
-                               spec.get("cross_section_pb"))
+                               spec.get("cross_section_pb"), tuple(missing))
     if not samples:
         raise ConfigError(f"{path}: samples is empty")
 
@@ -147,10 +148,19 @@ def load_manifest(path: str | Path) -> Manifest:
     return Manifest(path, samples, features, regions, raw.get("event_id"), hashlib.sha256(text.encode()).hexdigest())
 
 
+def check_files_exist(manifest: Manifest) -> None:
+    """Every file pattern of every sample matches at least one file."""
+    for sample in manifest.samples.values():
+        for pattern in sample.missing:
+            raise DataError(f"{manifest.path}: samples.{sample.name}.files: no file matches '{pattern}' "
+                            f"(relative to {manifest.path.parent}); run `make samples` or fix the path")
+
+
 def check_inputs(manifest: Manifest, region: str, features: list[str]) -> None:
     """Open every input file of the manifest and check its tree and the branches the region needs."""
     import uproot
 
+    check_files_exist(manifest)
     for name in features:
         if name not in manifest.features:
             raise ConfigError(f"{manifest.path}: feature '{name}' is not in the manifest"

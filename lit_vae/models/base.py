@@ -24,11 +24,6 @@ from lit_vae.models.components import check_plausible, hidden_sizes
 VAL_METRICS = ("loss", "elbo", "recon", "kl")
 
 
-def adam(params):
-    """The default optimiser factory (the learning rate is set from the model's learning_rate)."""
-    return torch.optim.Adam(params)
-
-
 class BaseVAE(L.LightningModule):
     """Common machinery of the VAE family; see the module docstring."""
 
@@ -38,7 +33,7 @@ class BaseVAE(L.LightningModule):
                  feature_names: list[str] | None = None, latent_dim: int = 8, n_hidden_layers: int = 2,
                  n_nodes: int = 64, hidden: list[int] | None = None, activation: str = "relu",
                  learning_rate: float = 1e-3, beta: float = 1.0, use_weights: bool = True,
-                 optimizer: OptimizerCallable = adam, lr_scheduler: LRSchedulerCallable | None = None,
+                 optimizer: OptimizerCallable = torch.optim.Adam, lr_scheduler: LRSchedulerCallable | None = None,
                  w1_events: int = 10_000):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -120,6 +115,8 @@ class BaseVAE(L.LightningModule):
         self.log("val/w1_mean", float(w1), sync_dist=True)
 
     def configure_optimizers(self):
+        """One optimiser from the `optimizer` init arg; its learning rate is always `learning_rate`, so a
+        sweep over the learning rate is the single key model.init_args.learning_rate."""
         optimizer = self.optimizer_factory(self.parameters())
         for group in optimizer.param_groups:
             group["lr"] = self.learning_rate
@@ -140,8 +137,8 @@ class BaseVAE(L.LightningModule):
         return {"score": parts["loss"], **{k: v for k, v in parts.items() if k not in ("loss", "elbo")}}
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
-        return {**self.score(batch), "event_id": batch["event_id"], "sample": batch["sample"],
-                "label": batch["label"], "weight": batch["weight"]}
+        ids = {k: batch[k] for k in ("event_id", "sample", "label", "weight_pb")}
+        return {**self.score(batch), **ids}
 
 
 def load_model(checkpoint_path: str, map_location: str = "cpu") -> BaseVAE:

@@ -50,6 +50,13 @@ def test_shuffling_is_fixed_by_the_seed():
     assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
 
 
+def test_evaluation_shards_cover_every_event_once():
+    tensors = {"x": torch.arange(103.0)[:, None]}
+    ranks = [EventBatches(tensors, 8, shuffle=False, rank=r, world_size=2) for r in (0, 1)]
+    seen = sorted(torch.cat([b["x"] for loader in ranks for b in loader]).flatten().tolist())
+    assert seen == list(range(103)) and (len(ranks[0]), len(ranks[1])) == (7, 7)
+
+
 def test_ddp_shards_are_disjoint_with_equal_batch_counts():
     tensors = {"x": torch.arange(103.0)[:, None]}
     ranks = [EventBatches(tensors, 8, shuffle=True, seed=1, rank=r, world_size=2) for r in (0, 1)]
@@ -76,7 +83,7 @@ def test_test_set_is_validation_background_plus_all_signal(datamodule):
     pairs = set(zip(test["sample"].tolist(), test["event_id"].numpy().view(np.uint64).tolist(), strict=True))
     assert len(pairs) == len(labels)
     batch = next(iter(datamodule.predict_dataloader()))
-    assert set(batch) == {"x", "target", "weight", "event_id", "sample", "label"}
+    assert set(batch) == {"x", "target", "weight", "event_id", "sample", "label", "weight_pb"}
 
 
 def test_transform_is_fitted_on_training_only(datamodule):

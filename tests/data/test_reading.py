@@ -79,8 +79,6 @@ def edit(path, change) -> None:
     (lambda m: m.update(sampels={}), ConfigError, "unknown key 'sampels' (did you mean 'samples'?)"),
     (lambda m: m["samples"]["ttbar"].update(wieght="weight"), ConfigError,
      "samples.ttbar: unknown key 'wieght' (did you mean 'weight'?)"),
-    (lambda m: m["samples"]["ttbar"].update(files=["nope_*.root"]), DataError,
-     "samples.ttbar.files: no file matches 'nope_*.root'"),
     (lambda m: m["samples"]["ttbar"].update(role="bkg"), ConfigError, "role: 'bkg' is not one of background, signal"),
     (lambda m: m["features"].update(met={"kind": "positiv"}), ConfigError,
      "features.met.kind: 'positiv' is not one of positive, real, angle, count (did you mean 'positive'?)"),
@@ -94,6 +92,14 @@ def test_bad_manifests_name_the_key(wh1lbb_manifest, change, error, message):
         load_manifest(wh1lbb_manifest)
     assert message in str(err.value) and str(wh1lbb_manifest) in str(err.value)
     assert not (wh1lbb_manifest.parent / "pwned").exists()
+
+
+def test_missing_data_file_is_reported_when_data_are_read(wh1lbb_manifest, tmp_path):
+    edit(wh1lbb_manifest, lambda m: m["samples"]["ttbar"].update(files=["nope_*.root"]))
+    manifest = load_manifest(wh1lbb_manifest)  # a model can still be built from it
+    with pytest.raises(DataError, match="samples.ttbar.files: no file matches 'nope_\\*.root'"):
+        read_region(manifest, "preselection", FEATURES, cache_dir=tmp_path / "c")
+    assert not (tmp_path / "c").exists()
 
 
 def test_missing_manifest_and_unknown_region(wh1lbb_manifest, tmp_path):

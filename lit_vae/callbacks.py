@@ -1,0 +1,49 @@
+"""Lightning callbacks of lit-vae: the score writer behind `lit-vae predict`."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from lit_vae.data.io import EventWriter
+
+
+class ScoreWriter(BasePredictionWriter):
+    """Writes one row per predicted event: event_number, sample, label, weight (pb), region and the score
+    columns (score = total loss, and its parts), to .parquet or .root, atomically. Under DDP the ranks'
+    rows are gathered and rank 0 writes."""
+
+    def __init__(self, output: str, metadata: dict | None = None):
+        super().__init__(write_interval="epoch")
+        self.output, self.metadata = output, dict(metadata or {})
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
+        local = {k: torch.cat([b[k] for b in batches]).cpu() for k in batches[0]} if batches else {}
+        if trainer.world_size > 1:
+            gathered = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, local)
+            local = {k: torch.cat([g[k] for g in gathered if g]) for k in local}
+        if trainer.global_rank != 0:
+            return
+        datamodule = trainer.datamodule
+        names = np.array(datamodule.sample_names)
+        columns = {
+            "event_number": local["event_id"].numpy().view(np.uint64),
+            "sample": names[local["sample"].numpy()],
+            "label": local["label"].numpy().astype(np.int32),
+            "weight": local["weight_pb"].numpy().astype(np.float64),
+            "region": np.full(len(local["label"]), datamodule.region),
+        }
+        for name, values in local.items():
+            if name not in ("event_id", "sample", "label", "weight", "weight_pb"):
+                columns[name] = values.numpy().astype(np.float32)
+        order = np.lexsort((columns["event_number"], columns["sample"]))  # stable whatever the sharding
+        metadata = {**self.metadata, "region": datamodule.region, "manifest": str(datamodule.manifest.path),
+                    "model": type(pl_module).__name__, "events": len(order)}
+        if self.output.endswith(".root"):  # ROOT branches are numeric: samples as their index
+            columns["sample"] = local["sample"].numpy().astype(np.int32)
+            metadata["sample_names"] = list(names)
+        with EventWriter(self.output, metadata) as writer:
+            writer.append({k: v[order] for k, v in columns.items()})
