@@ -11,7 +11,8 @@ from lit_vae.data.io import EventWriter
 
 class ScoreWriter(BasePredictionWriter):
     """Writes one row per predicted event: event_number, sample, label, weight (pb), region and the score
-    columns (score = total loss, and its parts), to .parquet or .root, atomically. Under DDP the ranks'
+    columns (score = total loss, and its parts), to .parquet or .root, atomically. In ROOT, `sample` is
+    the index into the metadata's sample_names and the region is in the metadata. Under DDP the ranks'
     rows are gathered and rank 0 writes."""
 
     def __init__(self, output: str, metadata: dict | None = None):
@@ -42,8 +43,9 @@ class ScoreWriter(BasePredictionWriter):
         order = np.lexsort((columns["event_number"], columns["sample"]))  # stable whatever the sharding
         metadata = {**self.metadata, "region": datamodule.region, "manifest": str(datamodule.manifest.path),
                     "model": type(pl_module).__name__, "events": len(order)}
-        if self.output.endswith(".root"):  # ROOT branches are numeric: samples as their index
+        if self.output.endswith(".root"):  # ROOT branches are numeric: sample as its index, region in metadata
             columns["sample"] = local["sample"].numpy().astype(np.int32)
+            del columns["region"]
             metadata["sample_names"] = list(names)
         with EventWriter(self.output, metadata) as writer:
             writer.append({k: v[order] for k, v in columns.items()})

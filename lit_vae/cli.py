@@ -126,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     except LitVAEError as err:
         print(f"lit-vae: error: {err}", file=sys.stderr)
         return 2
+    finally:  # one W&B run per command, also when called in-process (tests, sweeps)
+        wandb = sys.modules.get("wandb")
+        if wandb is not None and wandb.run is not None:
+            wandb.finish()
     return 0
 
 

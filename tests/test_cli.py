@@ -1,0 +1,125 @@
+"""`lit-vae` end to end on small real samples: fit, predict, generate, bad input, DDP."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import uproot
+
+from lit_vae.cli import main
+
+from .paths import REPO
+
+
+def data_args(manifest) -> list[str]:
+    return ["--data.class_path", "lit_vae.data.EventDataModule", "--data.init_args.manifest", str(manifest),
+            "--data.init_args.region", "preselection", "--data.init_args.min_events", "0",
+            "--data.init_args.batch_size", "16"]
+
+
+@pytest.fixture
+def trained(wh1lbb_manifest, tmp_path, monkeypatch):
+    """A likelihood VAE fitted for two epochs by `lit-vae fit`, run in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    for variable in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR", "WANDB_MODE"):
+        monkeypatch.delenv(variable, raising=False)
+    config = str(REPO / "configs" / "wh1lbb" / "preselection.yaml")
+    assert main(["fit", "--config", config, *data_args(wh1lbb_manifest), "--trainer.max_epochs", "2"]) == 0
+    run = tmp_path / "runs" / "lit-vae" / "version_0"
+    return {"config": config, "run": run, "ckpt": run / "checkpoints" / "last.ckpt", "manifest": wh1lbb_manifest}
+
+
+def test_fit_writes_checkpoints_metrics_config_and_an_offline_wandb_run(trained, tmp_path):
+    run = trained["run"]
+    assert trained["ckpt"].exists() and list((run / "checkpoints").glob("best-*.ckpt"))
+    metrics = pd.read_csv(run / "metrics.csv")
+    for name in ("train/loss_epoch", "val/loss", "val/elbo", "val/recon", "val/kl"):
+        assert metrics[name].notna().sum() == 2, name
+    assert "LikelihoodVAE" in (run / "config.yaml").read_text()
+    assert list((tmp_path / "runs").rglob("offline-run-*"))  # W&B ran, offline, inside the run directory
+    # A second run in the same place does not clash with the first.
+    assert main(["fit", "--config", trained["config"], *data_args(trained["manifest"]),
+                 "--trainer.max_epochs", "1"]) == 0
+    assert (tmp_path / "runs" / "lit-vae" / "version_1" / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".root"])
+def test_predict_writes_one_row_per_event(trained, tmp_path, suffix):
+    output = tmp_path / f"scores{suffix}"
+    assert main(["predict", "--config", trained["config"], *data_args(trained["manifest"]),
+                 "--ckpt_path", str(trained["ckpt"]), "--output", str(output)]) == 0
+    if suffix == ".parquet":
+        scores = pd.read_parquet(output)
+        assert (scores["region"] == "preselection").all()
+    else:
+        with uproot.open(output) as f:
+            scores = f["events"].arrays(library="pd")
+            metadata = json.loads(str(f["metadata"]))
+        assert metadata["region"] == "preselection" and metadata["sample_names"] == ["ttbar", "wjets", "c1n2_wh"]
+    from lit_vae.data import EventDataModule
+
+    dm = EventDataModule(str(trained["manifest"]), "preselection", min_events=0, cache_dir=None)
+    dm.setup()
+    assert len(scores) == len(dm.part("test")["x"]) == len(dm.part("val")["x"]) + 40
+    assert scores.groupby("label").size().to_dict() == {0: len(dm.part("val")["x"]), 1: 40}
+    pairs = set(zip(scores["sample"], scores["event_number"], strict=True))
+    assert len(pairs) == len(scores)  # exactly one row per event
+    assert np.allclose(scores["score"], scores["nll"] + scores["kl"], rtol=1e-5)
+    assert (scores["weight"] > 0).all()
+
+
+def test_generate_writes_physical_events(trained, tmp_path):
+    output = tmp_path / "gen.parquet"
+    assert main(["generate", *data_args(trained["manifest"]), "--ckpt_path", str(trained["ckpt"]),
+                 "--n_events", "3000", "--batch_size", "1000", "--seed", "5", "--output", str(output)]) == 0
+    events = pd.read_parquet(output)
+    assert list(events.columns) == ["met", "mt", "mbb", "mct2", "mlb1", "lep1Pt", "njet30", "nBjet30_MV2c10"]
+    assert len(events) == 3000 and events["njet30"].dtype == np.int32
+    assert (events[["met", "mt", "mbb"]] >= 0).all().all() and (events["nBjet30_MV2c10"] >= 0).all()
+    import pyarrow.parquet as pq
+
+    metadata = json.loads(pq.read_schema(output).metadata[b"lit_vae"])
+    assert metadata["seed"] == 5 and metadata["checkpoint"] == str(trained["ckpt"])
+    again = tmp_path / "again.parquet"
+    main(["generate", *data_args(trained["manifest"]), "--ckpt_path", str(trained["ckpt"]),
+          "--n_events", "3000", "--batch_size", "1000", "--seed", "5", "--output", str(again)])
+    pd.testing.assert_frame_equal(events, pd.read_parquet(again))  # the seed fixes the sample
+
+
+def run_cli(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lit_vae.cli", *args], capture_output=True, text=True,
+                          timeout=600, cwd=cwd)
+
+
+def test_unknown_config_key_is_named(wh1lbb_manifest, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  class_path: lit_vae.models.LikelihoodVAE\n  init_args:\n    latnt_dim: 4\n")
+    result = run_cli("fit", "--config", str(bad), *data_args(wh1lbb_manifest), cwd=tmp_path)
+    assert result.returncode != 0 and "latnt_dim" in result.stderr
+    assert not (tmp_path / "runs" / "lit-vae").exists()
+
+
+def test_lit_vae_errors_are_one_line(wh1lbb_manifest, tmp_path):
+    result = run_cli("generate", *data_args(wh1lbb_manifest), "--output", "x.parquet", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "lit-vae: error: generate needs --ckpt_path CKPT, a checkpoint written by `lit-vae fit`")
+    assert not (tmp_path / "x.parquet").exists()
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_gives_a_usable_checkpoint(wh1lbb_manifest, tmp_path):
+    result = run_cli("fit", "--config", str(REPO / "configs" / "wh1lbb" / "preselection.yaml"),
+                     *data_args(wh1lbb_manifest), "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu",
+                     "--trainer.devices", "2", "--trainer.strategy", "ddp", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = tmp_path / "runs" / "lit-vae" / "version_0" / "checkpoints" / "last.ckpt"
+    from lit_vae.models import load_model
+
+    model = load_model(str(ckpt))
+    assert type(model).__name__ == "LikelihoodVAE" and model.sample(10).shape == (10, 8)
