@@ -10,7 +10,7 @@ JOBS ?= 2
 MC := $(PY) -m lit_vae.mc
 N = $$(( $(1) * $(SCALE) ))
 
-.PHONY: install test test-fast samples lint clean bench
+.PHONY: install test test-fast samples lint clean bench demo
 
 install: $(STAMP)
 
@@ -42,6 +42,21 @@ lint: install
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
+
+# The main job on the shipped sample: train, generate, score (evaluate + report arrive with `lit-vae evaluate`).
+DEMO ?= demo-output
+DEMO_EPOCHS ?= 20
+LITVAE := $(abspath $(VENV))/bin/lit-vae
+CONFIG := $(abspath configs)
+BEST = $$(ls runs/lit-vae/version_0/checkpoints/best-*.ckpt)
+
+demo: install
+	rm -rf $(DEMO) && mkdir -p $(DEMO)/zgamma_vae $(DEMO)/wh1lbb_preselection
+	cd $(DEMO)/zgamma_vae && $(LITVAE) fit --config $(CONFIG)/zgamma/vae.yaml --trainer.max_epochs $(DEMO_EPOCHS)
+	cd $(DEMO)/zgamma_vae && $(LITVAE) generate --ckpt_path $(BEST) --n_events 100000 --output ../gen_vae.parquet
+	cd $(DEMO)/wh1lbb_preselection && $(LITVAE) fit --config $(CONFIG)/wh1lbb/preselection.yaml --trainer.max_epochs $(DEMO_EPOCHS)
+	cd $(DEMO)/wh1lbb_preselection && $(LITVAE) predict --config $(CONFIG)/wh1lbb/preselection.yaml --ckpt_path $(BEST) --output ../scores_preselection.parquet
+	@echo "demo outputs in $(DEMO)/: gen_vae.parquet (generated Zgamma events), scores_preselection.parquet (anomaly scores), runs in */runs/"
 
 # Measures speed as ratios against same-run references and writes BENCHMARKS.md.
 bench: install

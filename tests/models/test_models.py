@@ -170,3 +170,28 @@ def test_checkpoint_reloads_in_a_fresh_process_with_identical_scores(wh1lbb_data
     assert wh1lbb_datamodule.manifest.content_hash in result.stdout
     reloaded = load_model(str(tmp_path / "model.ckpt"))
     torch.testing.assert_close(reloaded.transform.mean, wh1lbb_datamodule.transform.mean)
+
+
+class ValLossHistory(L.Callback):
+    def __init__(self):
+        self.values: list[float] = []
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.values.append(float(trainer.callback_metrics["val/loss"]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cls, data", [(VAE, "zgamma"), (VAED, "zgamma"), (LikelihoodVAE, "wh1lbb")])
+def test_validation_loss_falls_on_the_shipped_sample(cls, data, tmp_path):
+    from lit_vae.data import Wh1LbbDataModule, ZGammaDataModule
+
+    torch.manual_seed(0)
+    options = dict(batch_size=256, cache_dir=str(tmp_path), min_events=0, max_events=20_000)
+    dm = ZGammaDataModule(**options) if data == "zgamma" else Wh1LbbDataModule(region="preselection", **options)
+    extra = {"gamma": 5.0} if cls is VAED else {}
+    model = cls(n_features=dm.n_features, feature_kinds=dm.feature_kinds, feature_names=dm.features,
+                latent_dim=8, n_nodes=64, **extra)
+    history = ValLossHistory()
+    trainer(max_epochs=4, callbacks=[history], num_sanity_val_steps=0).fit(model, datamodule=dm)
+    assert len(history.values) == 4 and history.values[-1] < history.values[0], history.values
