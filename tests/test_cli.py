@@ -123,3 +123,13 @@ def test_ddp_on_two_cpu_processes_gives_a_usable_checkpoint(wh1lbb_manifest, tmp
 
     model = load_model(str(ckpt))
     assert type(model).__name__ == "LikelihoodVAE" and model.sample(10).shape == (10, 8)
+
+
+@pytest.mark.slow
+def test_vae_d_under_plain_ddp_says_which_strategy_to_use(wh1lbb_manifest, tmp_path):
+    result = run_cli("fit", "--config", str(REPO / "configs" / "zgamma" / "vae_d.yaml"), *data_args(wh1lbb_manifest),
+                     "--model.init_args.n_nodes", "16", "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu",
+                     "--trainer.devices", "2", "--trainer.strategy", "ddp", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "use --trainer.strategy=ddp_find_unused_parameters_true" in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr

@@ -15,6 +15,7 @@ checkpointing count batches, as for the other models.
 from __future__ import annotations
 
 import torch
+from lightning.pytorch.strategies import DDPStrategy
 from torch.nn import functional as F
 
 from lit_vae.errors import ConfigError
@@ -50,6 +51,10 @@ class VAED(VAE):
         if "mixed" in str(self.trainer.precision):
             raise ConfigError(f"VAED steps two of its optimisers outside Lightning's precision plugin; "
                               f"precision '{self.trainer.precision}' is not supported: use 32-true or bf16-true")
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DDPStrategy) and not getattr(strategy, "_ddp_kwargs", {}).get("find_unused_parameters"):
+            raise ConfigError("VAED's three backward passes each reach one network, which plain DDP refuses: "
+                              "use --trainer.strategy=ddp_find_unused_parameters_true")
 
     def _step(self, optimizer, loss_fn, counted: bool) -> torch.Tensor:
         """Compute loss_fn() with only optimizer's parameters trainable, backpropagate, clip, step."""
