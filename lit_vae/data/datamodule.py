@@ -26,7 +26,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_vae.data.io import read_region
-from lit_vae.data.manifest import check_inputs, load_manifest, nearest
+from lit_vae.data.manifest import load_manifest, nearest
 from lit_vae.data.split import is_train, uniform_from_id
 from lit_vae.data.transforms import FeatureTransform
 from lit_vae.errors import ConfigError, DataError
@@ -126,7 +126,6 @@ class EventDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Read (or find cached) the region once, on one process."""
-        check_inputs(self.manifest, self.region, self.features)
         read_region(self.manifest, self.region, self.features, nan_policy=self.nan_policy, cache_dir=self.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
@@ -135,7 +134,7 @@ class EventDataModule(L.LightningDataModule):
         table = read_region(self.manifest, self.region, self.features, nan_policy=self.nan_policy,
                             cache_dir=self.cache_dir)
         names = self.sample_names
-        sample_index = np.array([names.index(s) for s in table["sample"].astype(str)])
+        sample_index = table["sample"].cat.codes.to_numpy().astype(np.int64)  # categories in manifest order
         ids = table["event_id"].to_numpy(dtype=np.uint64)
         signal = table["is_signal"].to_numpy(dtype=bool)
         train = np.zeros(len(table), dtype=bool)

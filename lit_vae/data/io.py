@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from lit_vae.data.manifest import Manifest, check_files_exist, check_inputs
+from lit_vae.data.selection import evaluate_cut
 from lit_vae.errors import DataError, OutputError
 
 TREE = "events"
@@ -106,7 +108,7 @@ CACHE_FORMAT = 1  # bump when the cached table's layout changes
 STEP_SIZE = 200_000  # entries per uproot chunk: bounded memory whatever the file size
 
 
-def cache_key(manifest, region: str, features: list[str]) -> str:
+def cache_key(manifest: Manifest, region: str, features: list[str]) -> str:
     """Hash of what determines the selected table: manifest text, region, features, input files."""
     h = hashlib.sha256()
     h.update(f"{CACHE_FORMAT}|{manifest.content_hash}|{region}|{','.join(features)}".encode())
@@ -151,14 +153,11 @@ def _entries(file: Path, tree: str) -> int:
         raise DataError(f"{file}: cannot be opened as ROOT ({type(err).__name__}); is it truncated?") from None
 
 
-def read_region(manifest, region: str, features: list[str], *, nan_policy: str = "drop",
+def read_region(manifest: Manifest, region: str, features: list[str], *, nan_policy: str = "drop",
                 step_size: int = STEP_SIZE, cache_dir: str | os.PathLike | None = ".cache/lit-vae"):
     """The selected events of region for every sample: a pandas DataFrame with the features, `weight`,
     `event_id`, `sample` and `is_signal`, read from the parquet cache when the inputs are unchanged."""
     import pandas as pd
-
-    from lit_vae.data.manifest import check_files_exist, check_inputs
-    from lit_vae.data.selection import evaluate_cut
 
     if nan_policy not in ("drop", "raise"):
         raise DataError(f"nan_policy must be 'drop' or 'raise', got '{nan_policy}'")
@@ -204,7 +203,7 @@ def read_region(manifest, region: str, features: list[str], *, nan_policy: str =
     return table
 
 
-def _with_sample_categories(table, manifest):
+def _with_sample_categories(table, manifest: Manifest):
     """The sample column as a categorical in the manifest's sample order (fresh and cached alike)."""
     import pandas as pd
 
