@@ -73,6 +73,13 @@ def test_predict_writes_one_row_per_event(trained, tmp_path, suffix):
     assert (scores["weight"] > 0).all()
 
 
+def test_test_subcommand_logs_background_and_signal_losses(trained, tmp_path):
+    assert main(["test", "--config", trained["config"], *data_args(trained["manifest"]),
+                 "--ckpt_path", str(trained["ckpt"])]) == 0
+    metrics = pd.read_csv(sorted((tmp_path / "runs" / "lit-vae").glob("version_*/metrics.csv"))[-1])
+    assert metrics["test/loss_background"].notna().sum() == 1 and metrics["test/loss_signal"].notna().sum() == 1
+
+
 def test_generate_writes_physical_events(trained, tmp_path):
     output = tmp_path / "gen.parquet"
     assert main(["generate", *data_args(trained["manifest"]), "--ckpt_path", str(trained["ckpt"]),

@@ -52,6 +52,7 @@ class BaseVAE(L.LightningModule):
         self.transform = FeatureTransform(self.feature_kinds)
         self.manifest_hash = ""
         self.val_means = torch.nn.ModuleDict({k: MeanMetric() for k in VAL_METRICS})
+        self.test_means = torch.nn.ModuleDict({k: MeanMetric() for k in ("background", "signal")})
         self._val_x: list[torch.Tensor] = []
 
     # --- data the model carries ---------------------------------------------------------------------
@@ -103,6 +104,19 @@ class BaseVAE(L.LightningModule):
                      batch_size=len(batch["x"]))
         if self.is_generator and sum(len(v) for v in self._val_x) < self.w1_events:
             self._val_x.append(batch["x"].detach().cpu())
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        """test/loss_background and test/loss_signal: the weighted mean score of each class of the test set
+        (background validation part + signals); an anomaly detector should give signals the larger one."""
+        score = self.score(batch)["score"]
+        weight = batch["weight"] if self.use_weights else torch.ones_like(score)
+        for label, name in enumerate(("background", "signal")):
+            mine = batch["label"] == label
+            if mine.any():
+                self.test_means[name].update(score[mine], weight[mine])
+        for name, metric in self.test_means.items():
+            if metric.update_called:
+                self.log(f"test/loss_{name}", metric, on_epoch=True, batch_size=len(score))
 
     def on_validation_epoch_end(self) -> None:
         if not self.is_generator or not self._val_x:
