@@ -10,8 +10,6 @@ from lit_vae.data import EventDataModule, Wh1LbbDataModule, ZGammaDataModule
 from lit_vae.data.datamodule import EventBatches
 from lit_vae.errors import ConfigError
 
-from ..paths import DATA
-
 
 @pytest.fixture
 def datamodule(wh1lbb_manifest, tmp_path):
@@ -121,7 +119,6 @@ def test_max_events_keeps_a_seeded_subset(wh1lbb_manifest):
     assert (part.part("test")["label"] == 1).sum() == 40  # signals are never subsetted
 
 
-@pytest.mark.skipif(not (DATA / "zgamma_bkg.root").exists(), reason="needs the shipped sample")
 def test_shipped_zgamma_split_is_60_40(tmp_path):
     dm = ZGammaDataModule(cache_dir=str(tmp_path), min_events=0, seed=42)
     dm.setup()
@@ -131,7 +128,6 @@ def test_shipped_zgamma_split_is_60_40(tmp_path):
     assert {r["sample"]: r["role"] for r in dm.summary} == {"zgamma": "background", "hzg150": "signal"}
 
 
-@pytest.mark.skipif(not (DATA / "ttbar_1l.root").exists(), reason="needs the shipped sample")
 def test_shipped_wh1lbb_regions_nest(tmp_path):
     counts = {}
     for region in ("preselection", "mid", "2-3b"):
