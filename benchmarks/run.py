@@ -106,7 +106,8 @@ def data_path() -> list[str]:
 
 
 class EpochTimer(L.Callback):
-    """Wall time of each training epoch (validation excluded)."""
+    """Wall time from the start of each training epoch to the end of its last batch (Lightning runs the
+    validation loop before on_train_epoch_end, so that hook would count validation too)."""
 
     def __init__(self):
         self.times: list[float] = []
@@ -114,8 +115,9 @@ class EpochTimer(L.Callback):
     def on_train_epoch_start(self, trainer, pl_module):
         self._start = time.perf_counter()
 
-    def on_train_epoch_end(self, trainer, pl_module):
-        self.times.append(time.perf_counter() - self._start)
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == trainer.num_training_batches - 1:
+            self.times.append(time.perf_counter() - self._start)
 
 
 def hand_loop_seconds(model: BaseVAE, tensors: dict, batch_size: int, epochs: int) -> float:

@@ -97,12 +97,12 @@ class VAED(VAE):
         l_disc = self._step(opt_discriminator, discriminator_step, counted=False)
         l_dec = self._step(opt_decoder, decoder_step, counted=False)
         l_enc = self._step(opt_encoder, encoder_step, counted=True)
-        n = len(x)
-        self.log("train/loss", l_enc, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
-        self.log("train/disc", l_disc, on_step=True, on_epoch=True, batch_size=n)
-        self.log("train/dec", l_dec, on_step=True, on_epoch=True, batch_size=n)
+        self.log_train("train/loss", l_enc, len(x), prog_bar=True)
+        self.log_train("train/disc", l_disc, len(x))
+        self.log_train("train/dec", l_dec, len(x))
 
     def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
         schedulers = self.lr_schedulers()
         for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):

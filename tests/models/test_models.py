@@ -176,7 +176,7 @@ class ValLossHistory(L.Callback):
     def __init__(self):
         self.values: list[float] = []
 
-    def on_validation_epoch_end(self, trainer, pl_module):
+    def on_validation_end(self, trainer, pl_module):  # after the module logged its epoch metrics
         if not trainer.sanity_checking:
             self.values.append(float(trainer.callback_metrics["val/loss"]))
 
