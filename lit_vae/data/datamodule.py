@@ -242,13 +242,12 @@ class EventDataModule(L.LightningDataModule):
 class ZGammaDataModule(EventDataModule):
     """The Zgamma window with the paper's 21 features (data_manifests/zgamma.yaml)."""
 
-    def __init__(self, manifest: str = str(MANIFESTS / "zgamma.yaml"), region: str = "window", **kwargs):
-        super().__init__(manifest=manifest, region=region, **kwargs)
+    def __init__(self, region: str = "window", **kwargs):
+        super().__init__(manifest=str(MANIFESTS / "zgamma.yaml"), region=region, **kwargs)
 
 
 class Wh1LbbDataModule(EventDataModule):
     """One Wh1Lbb region of the thesis (data_manifests/wh1lbb.yaml): preselection, mid or 2-3b."""
 
-    def __init__(self, region: Literal["preselection", "mid", "2-3b"] = "preselection",
-                 manifest: str = str(MANIFESTS / "wh1lbb.yaml"), **kwargs):
-        super().__init__(manifest=manifest, region=region, **kwargs)
+    def __init__(self, region: Literal["preselection", "mid", "2-3b"] = "preselection", **kwargs):
+        super().__init__(manifest=str(MANIFESTS / "wh1lbb.yaml"), region=region, **kwargs)
