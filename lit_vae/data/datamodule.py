@@ -155,10 +155,11 @@ class EventDataModule(L.LightningDataModule):
                                                                       self.target_scales)
         norm = weight[parts["train"]].mean() if self.use_weights else 1.0
         x_t = torch.from_numpy(x)
+        encoded, targets = self.transform(x_t), self.transform.targets(x_t)  # once, then sliced per part
         for part, rows in parts.items():
             tensors = {
-                "x": self.transform(x_t[rows]),
-                "target": self.transform.targets(x_t[rows]),
+                "x": encoded[rows],
+                "target": targets[rows],
                 "weight": torch.from_numpy(weight[rows] / norm if self.use_weights else np.ones(rows.sum()))
                 .to(torch.float32),
             }

@@ -67,10 +67,11 @@ class FeatureTransform(nn.Module):
 
     def _stage(self, x: torch.Tensor) -> torch.Tensor:
         """The kind-specific map before standardisation."""
-        x = x.to(torch.float64)
-        logged = torch.log1p(x.clamp(min=0) / self.log_scale)
-        angle = x / math.pi
-        return torch.where(self._is("positive"), logged, torch.where(self._is("angle"), angle, x))
+        out = x.to(torch.float64).clone()
+        positive, angle = self._is("positive"), self._is("angle")
+        out[:, positive] = torch.log1p(out[:, positive].clamp(min=0) / self.log_scale[positive])
+        out[:, angle] = out[:, angle] / math.pi
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Physical values (events, features) -> network inputs (float32)."""
