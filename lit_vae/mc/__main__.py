@@ -67,7 +67,9 @@ def check_output(path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from lit_vae.mc.production import Request, produce
+    from lit_vae.mc.production import Request, produce, stop_on_signals
+
+    stop_on_signals()
 
     request = Request(
         process=args.process, events=args.events, out=args.out, seed=args.seed, jobs=args.jobs,

@@ -12,8 +12,10 @@ from __future__ import annotations
 import multiprocessing as mp
 import queue
 import shlex
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
@@ -32,6 +34,14 @@ from lit_vae.mc.reconstruction import reconstruct
 
 MB_TO_PB = 1e9
 CHUNK_EVENTS = 5000
+STOP = threading.Event()  # set by SIGINT/SIGTERM; checked between batches
+
+
+def stop_on_signals() -> None:
+    """Turn SIGINT and SIGTERM into a stop request checked between batches. A KeyboardInterrupt raised
+    while Pythia runs the Python veto hook would be swallowed by nextBatch's error handling."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: STOP.set())
 PYTHIA_SEED_MAX = 900_000_000
 
 
@@ -125,6 +135,8 @@ def run_chunk(request: Request, chunk: int, quota: int, progress=None) -> JobRes
         chunks, factors, indices = [], [], []
         selected = generated = 0
         while selected < quota:
+            if STOP.is_set():
+                raise KeyboardInterrupt
             batch = pythia.nextBatch(request.batch_size)
             objects = reconstruct(batch.prt, rng, DETECTOR)
             if process.analysis == "zgamma":
@@ -183,6 +195,9 @@ def run_chunks(request: Request) -> list[JobResult]:
             updates = manager.Queue()
             pending = [pool.apply_async(_worker, (request, c, q, updates)) for c, q in enumerate(quotas)]
             while not all(p.ready() for p in pending):
+                if STOP.is_set():
+                    pool.terminate()
+                    raise KeyboardInterrupt
                 try:
                     update(*updates.get(timeout=0.5))
                 except queue.Empty:
