@@ -234,7 +234,15 @@ def main() -> None:
                   "builds from `configs/base.yaml` + the model config (CSV + W&B offline loggers, progress bar, "
                   "checkpointing), against a plain PyTorch loop over the same training tensors with the same model "
                   "class, hyper-parameters and batch size, on one CPU thread.", "",
-                  *training(workdir), "", "## Generation", "", *generation(workdir), ""]
+                  *training(workdir), "", "## Generation", "", *generation(workdir), "",
+                  "## Notes", "",
+                  "- Ratios move by several percent between runs on this shared 2-core machine (e.g. VAE+D "
+                  "0.84-0.93, the loader 0.92-1.05): compare numbers from one run.",
+                  "- Below goal: the VAE and the likelihood VAE pay ~1.1 ms per step in Lightning's automatic "
+                  "optimisation loop and callbacks against a ~2 ms model step at batch 256 (the ratio improves "
+                  "with larger batches); ROOT -> tensors is dominated by the split, the transform fit and tensor "
+                  "building, not by reading, so the cache does not help at this file size.",
+                  "- No GPU numbers yet: this session had no accelerator machine.", ""]
     finally:
         os.chdir(cwd)
         shutil.rmtree(workdir, ignore_errors=True)
