@@ -24,10 +24,9 @@ import lightning as L
 import torch
 import uproot
 
-from lit_vae.cli import BASE_CONFIG, CONFIGS, LitVAECLI, LitVAETrainer, confine_wandb
+from lit_vae.cli import CONFIGS, build_cli, confine_wandb
 from lit_vae.cli import main as lit_vae
 from lit_vae.data import ZGammaDataModule
-from lit_vae.data.datamodule import EventDataModule
 from lit_vae.data.io import read_root_metadata
 from lit_vae.mc.summary import table
 from lit_vae.models import VAED
@@ -167,13 +166,9 @@ def training(workdir: Path, epochs: int = 3) -> list[str]:
     torch.set_num_threads(1)
     for config in ("zgamma/vae.yaml", "zgamma/vae_d.yaml", "wh1lbb/preselection.yaml"):
         timer = EpochTimer()
-        cli = LitVAECLI(BaseVAE, EventDataModule, trainer_class=LitVAETrainer, subclass_mode_model=True,
-                        subclass_mode_data=True, auto_configure_optimizers=False, run=False,
-                        save_config_kwargs={"overwrite": True},
-                        args=["--config", str(BASE_CONFIG), "--config", str(CONFIGS / config),
-                              f"--trainer.max_epochs={epochs}", "--data.init_args.min_events=0",
-                              f"--data.init_args.cache_dir={workdir / 'cache'}",
-                              f"--trainer.default_root_dir={workdir}"])
+        cli = build_cli(["--config", str(CONFIGS / config), f"--trainer.max_epochs={epochs}",
+                         "--data.init_args.min_events=0", f"--data.init_args.cache_dir={workdir / 'cache'}",
+                         f"--trainer.default_root_dir={workdir}"], run=False)
         cli.trainer.callbacks.append(timer)
         cli.trainer.fit(cli.model, cli.datamodule)
         tensors = cli.datamodule.part("train")

@@ -114,16 +114,23 @@ class LitVAECLI(LightningCLI):
         parser.link_arguments("seed_everything", "data.init_args.seed")
 
 
+def build_cli(args: list[str] | None = None, run: bool = True) -> LitVAECLI:
+    """The lit-vae LightningCLI, configs/base.yaml read first; run=False builds the objects of a fit
+    without running a subcommand (the benchmarks use it)."""
+    defaults = {"default_config_files": [str(BASE_CONFIG)]}
+    return LitVAECLI(
+        BaseVAE, EventDataModule, trainer_class=LitVAETrainer, subclass_mode_model=True,
+        subclass_mode_data=True, auto_configure_optimizers=False, save_config_kwargs={"overwrite": True},
+        parser_kwargs={name: defaults for name in LitVAECLI.subcommands()} if run else defaults,
+        args=args, run=run,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `lit-vae`."""
     confine_wandb()
     try:
-        LitVAECLI(
-            BaseVAE, EventDataModule, trainer_class=LitVAETrainer, subclass_mode_model=True,
-            subclass_mode_data=True, auto_configure_optimizers=False, save_config_kwargs={"overwrite": True},
-            parser_kwargs={name: {"default_config_files": [str(BASE_CONFIG)]} for name in LitVAECLI.subcommands()},
-            args=argv,
-        )
+        build_cli(argv)
     except LitVAEError as err:
         print(f"lit-vae: error: {err}", file=sys.stderr)
         return 2

@@ -81,15 +81,18 @@ class LikelihoodVAE(BaseVAE):
         nll = torch.stack([-HEADS[h].log_prob(target[:, j], raw[j]) for j, h in enumerate(self.head_names)], dim=-1)
         return nll, self.prior.kl(mu, log_sigma)
 
-    def losses(self, batch: dict, deterministic: bool = False) -> dict[str, torch.Tensor]:
+    def _terms(self, batch: dict, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(per-feature NLL, feature-weighted NLL, KL) per event."""
         nll, kl = self.feature_nll(batch, deterministic)
-        weighted = (nll * self.feature_weight).sum(dim=-1)
+        return nll, (nll * self.feature_weight).sum(dim=-1), kl
+
+    def losses(self, batch: dict, deterministic: bool = False) -> dict[str, torch.Tensor]:
+        nll, weighted, kl = self._terms(batch, deterministic)
         return {"loss": weighted + self.beta * kl, "elbo": nll.sum(dim=-1) + kl, "recon": weighted, "kl": kl}
 
     @torch.no_grad()
     def score(self, batch: dict) -> dict[str, torch.Tensor]:
-        nll, kl = self.feature_nll(batch, deterministic=True)
-        weighted = (nll * self.feature_weight).sum(dim=-1)
+        nll, weighted, kl = self._terms(batch, deterministic=True)
         per_feature = {f"nll_{name}": nll[:, j] for j, name in enumerate(self.feature_names)}
         return {"score": weighted + self.beta * kl, "nll": weighted, "kl": kl, **per_feature}
 
