@@ -1,4 +1,5 @@
-"""The `lit-vae` command: LightningCLI with fit, validate, test, predict and generate.
+"""The `lit-vae` command: LightningCLI with fit, validate, test, predict and generate; `evaluate` goes to
+lit_vae.evaluation.command.
 
 `configs/base.yaml` (trainer, loggers, callbacks, default model and data) is read first; a model config
 adds what differs: `lit-vae fit --config configs/zgamma/vae.yaml`. The DataModule's feature count, kinds
@@ -65,7 +66,8 @@ class LitVAETrainer(L.Trainer):
         model = load_model(ckpt_path, map_location=str(device)).eval()
         generator = torch.Generator(device=device).manual_seed(seed)
         metadata = {"checkpoint": str(ckpt_path), "seed": seed, "model": type(model).__name__,
-                    "manifest_hash": model.manifest_hash, "n_events": n_events, "units": "GeV, rad"}
+                    "manifest_hash": model.manifest_hash, "n_events": n_events, "units": "GeV, rad",
+                    "data_split": model.data_split}
         counts = [k == "count" for k in model.feature_kinds]
         with EventWriter(output, metadata) as writer, tqdm(total=n_events, unit="evt", desc="generating",
                                                           file=sys.stderr) as bar:
@@ -129,8 +131,14 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LitVAECLI:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `lit-vae`."""
     confine_wandb()
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        build_cli(argv)
+        if argv[:1] == ["evaluate"]:
+            from lit_vae.evaluation.command import run as evaluate
+
+            evaluate(argv[1:])
+        else:
+            build_cli(argv)
     except LitVAEError as err:
         print(f"lit-vae: error: {err}", file=sys.stderr)
         return 2

@@ -27,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lit_vae.data.io import read_region
 from lit_vae.data.manifest import load_manifest, nearest
-from lit_vae.data.split import is_train, uniform_from_id
+from lit_vae.data.split import background_train_mask, uniform_from_id
 from lit_vae.data.transforms import FeatureTransform
 from lit_vae.errors import ConfigError, DataError
 
@@ -133,15 +133,12 @@ class EventDataModule(L.LightningDataModule):
             return
         table = read_region(self.manifest, self.region, self.features, nan_policy=self.nan_policy,
                             cache_dir=self.cache_dir)
-        names = self.sample_names
         sample_index = table["sample"].cat.codes.to_numpy().astype(np.int64)  # categories in manifest order
         ids = table["event_id"].to_numpy(dtype=np.uint64)
         signal = table["is_signal"].to_numpy(dtype=bool)
-        train = np.zeros(len(table), dtype=bool)
+        train = background_train_mask(table["sample"].to_numpy(dtype=str), ids, signal, self.seed,
+                                      self.train_fraction)
         keep = np.ones(len(table), dtype=bool)
-        for i, name in enumerate(names):
-            rows = (sample_index == i) & ~signal
-            train[rows] = is_train(ids[rows], name, self.seed, self.train_fraction)
         if self.max_events is not None:
             keep = self._subset(ids, sample_index, ~signal)
         x = np.array(table[self.features].to_numpy(dtype=np.float64), copy=True)

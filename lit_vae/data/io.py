@@ -81,6 +81,25 @@ def read_root(path: str | os.PathLike, branches: list[str] | None = None) -> dic
         return f[TREE].arrays(branches, library="np")
 
 
+def read_events(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
+    """Columns and lit-vae metadata of an output file (.parquet or ROOT `events` tree): scores or events."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; give a file written by `lit-vae predict` or `lit-vae generate`")
+    if path.suffix == ".root":
+        return read_root(path), read_root_metadata(path)
+    if path.suffix != ".parquet":
+        raise DataError(f"{path}: expected a .parquet or .root file")
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as err:
+        raise DataError(f"{path}: cannot be read as parquet ({type(err).__name__}); is it truncated?") from None
+    metadata = json.loads((table.schema.metadata or {}).get(b"lit_vae", b"{}"))
+    return {name: table.column(name).to_numpy() for name in table.column_names}, metadata
+
+
 def write_parquet(path: str | os.PathLike, columns: Mapping[str, np.ndarray], metadata: Mapping) -> Path:
     """Write columns as parquet (zstd, no dictionary encoding) with metadata under b'lit_vae'."""
     import pyarrow as pa

@@ -29,3 +29,14 @@ def uniform_from_id(event_id: np.ndarray, sample: str, seed: int) -> np.ndarray:
 def is_train(event_id: np.ndarray, sample: str, seed: int, train_fraction: float) -> np.ndarray:
     """True for the events of the training part (a fraction train_fraction of them, on average)."""
     return uniform_from_id(event_id, sample, seed) < train_fraction
+
+
+def background_train_mask(sample: np.ndarray, event_id: np.ndarray, is_signal: np.ndarray, seed: int,
+                          train_fraction: float) -> np.ndarray:
+    """True for the background events of the training part of a region table (signals are never trained
+    on); the same mask the DataModule uses, so evaluation can take exactly the validation part."""
+    train = np.zeros(len(event_id), dtype=bool)
+    for name in np.unique(sample[~is_signal]):
+        rows = (sample == name) & ~is_signal
+        train[rows] = is_train(event_id[rows], str(name), seed, train_fraction)
+    return train

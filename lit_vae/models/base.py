@@ -51,6 +51,7 @@ class BaseVAE(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.transform = FeatureTransform(self.feature_kinds)
         self.manifest_hash = ""
+        self.data_split: dict = {}  # manifest, region, seed, train_fraction: which events were held out
         self.val_means = torch.nn.ModuleDict({k: MeanMetric() for k in VAL_METRICS})
         self.test_means = torch.nn.ModuleDict({k: MeanMetric() for k in ("background", "signal")})
         self.train_means: dict[str, MeanMetric] = {}
@@ -64,16 +65,19 @@ class BaseVAE(L.LightningModule):
         if datamodule is not None and datamodule.transform is not None and stage == "fit":
             self.transform.load_state_dict(datamodule.transform.state_dict())
             self.manifest_hash = datamodule.manifest.content_hash
+            self.data_split = {"manifest": str(datamodule.manifest.path), "region": datamodule.region,
+                               "seed": datamodule.seed, "train_fraction": datamodule.train_fraction}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["lit_vae"] = {
             "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
             "feature_names": self.feature_names, "feature_kinds": self.feature_kinds,
-            "manifest_hash": self.manifest_hash, "transform": self.transform.state(),
+            "manifest_hash": self.manifest_hash, "transform": self.transform.state(), "data_split": self.data_split,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.manifest_hash = checkpoint.get("lit_vae", {}).get("manifest_hash", "")
+        self.data_split = checkpoint.get("lit_vae", {}).get("data_split", {})
 
     # --- the model's own parts --------------------------------------------------------------------------
     def losses(self, batch: dict, deterministic: bool = False) -> dict[str, torch.Tensor]:

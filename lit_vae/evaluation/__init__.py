@@ -1,0 +1,1 @@
+"""Evaluation: fidelity and anomaly-detection metrics, HEP-style figures, the report page."""

@@ -1,0 +1,448 @@
+"""`lit-vae evaluate`: metrics.json, figures (PNG + PDF) and a self-contained report.html for generated
+events (against held-out Monte Carlo) and for anomaly scores (against supervised and single-cut
+references), plus the summary page that joins several reports. Works on files; imports no model."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_curve
+from tqdm import tqdm
+
+from lit_vae.data.io import atomic_path, read_events, read_region
+from lit_vae.data.manifest import load_manifest
+from lit_vae.data.split import background_train_mask
+from lit_vae.errors import DataError
+from lit_vae.evaluation import metrics as m
+from lit_vae.evaluation import plots
+
+# --- files in, files out ------------------------------------------------------------------------------------
+
+
+def held_out_mc(source: str | None, generated_metadata: dict, region: str | None, seed: int | None,
+                features: Sequence[str]) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, str]], str]:
+    """The reference events: the background validation part of a manifest region (never training
+    events; manifest, region, seed and fraction default to those the generator was trained with), or
+    every event of a .root/.parquet ntuple. Returns columns, {feature: (kind, unit)} and a description."""
+    split = generated_metadata.get("data_split") or {}
+    source = source or split.get("manifest")
+    if source is None:
+        raise DataError("--mc is needed: the generated file does not name the manifest its model was trained on")
+    if Path(source).suffix in (".yaml", ".yml"):
+        manifest = load_manifest(source)
+        region = region or split.get("region") or next(iter(manifest.regions))
+        seed = seed if seed is not None else split.get("seed", 42)
+        fraction = split.get("train_fraction", 0.6)
+        names = [f for f in features if f in manifest.features]
+        table = read_region(manifest, region, names)
+        signal = table["is_signal"].to_numpy(dtype=bool)
+        train = background_train_mask(table["sample"].to_numpy(dtype=str), table["event_id"].to_numpy(np.uint64),
+                                      signal, seed, fraction)
+        rows = ~signal & ~train
+        columns = {f: table[f].to_numpy()[rows] for f in names}
+        info = {f: (manifest.features[f].kind, manifest.features[f].unit or "") for f in names}
+        return columns, info, f"{manifest.path.name} region '{region}', background validation part (seed {seed})"
+    columns, _ = read_events(source)
+    info = {f: ("count" if np.issubdtype(columns[f].dtype, np.integer) else "real", "") for f in features
+            if f in columns}
+    return {f: columns[f] for f in info}, info, f"every event of {source}"
+
+
+def save_figure(fig, out: Path, name: str) -> Path:
+    """Save fig as out/figures/name.png and .pdf and close it; returns the PNG path."""
+    import matplotlib.pyplot as plt
+
+    folder = out / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    for suffix, dpi in ((".png", 80), (".pdf", None)):
+        with atomic_path(folder / f"{name}{suffix}") as tmp:
+            fig.savefig(tmp, dpi=dpi, format=suffix[1:])
+    plt.close(fig)
+    return folder / f"{name}.png"
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if isinstance(value, str):
+        return html.escape(value)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "&ndash;"
+    return f"{value:.{digits}g}"
+
+
+def html_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
+    """A plain HTML table of dict rows (numbers to 3 significant digits, NaN as a dash)."""
+    columns = list(columns or (rows[0].keys() if rows else []))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def html_figures(paths: Sequence[Path], per_row: int = 3) -> str:
+    """PNG figures embedded as base64 (the page stands alone), per_row across."""
+    width = 100 // per_row - 1
+    return "".join(f'<img style="width:{width}%" alt="{html.escape(p.stem)}" '
+                   f'src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">' for p in paths)
+
+
+STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1400px} table{border-collapse:collapse;margin:1em 0}"
+         "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right} th{background:#eee}"
+         "td:first-child{text-align:left} p.note{color:#555;max-width:60em}")
+
+
+def write_page(path: Path, title: str, sections: Sequence[tuple[str, str]]) -> Path:
+    """report.html: a title and (heading, HTML) sections, written atomically."""
+    body = "".join(f"<h2>{html.escape(h)}</h2>{content}" for h, content in sections)
+    with atomic_path(path) as tmp:
+        tmp.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                       f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>")
+    return path
+
+
+def write_json(path: Path, payload: dict) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=1, sort_keys=True, default=float, allow_nan=True))
+    return path
+
+
+def log_to_wandb(payload: dict, tables: dict[str, list[dict]], images: Sequence[Path], out: Path, name: str) -> None:
+    """Metrics (flattened), tables and images to the active W&B run, or to a new one (offline unless the
+    user is logged in, files under runs/)."""
+    import wandb
+
+    run = wandb.run or wandb.init(project="lit-vae", job_type="evaluate", name=name, dir=str(out))
+    flat = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}/{k}" if prefix else str(k), v)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[prefix] = value
+
+    walk("evaluate", payload)
+    run.log(flat)
+    for key, rows in tables.items():
+        if rows:
+            columns = list(rows[0])
+            run.log({f"evaluate/{key}": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])})
+    run.log({f"evaluate/figures/{p.stem}": wandb.Image(str(p)) for p in images})
+
+
+def _training_figures(logs: Sequence[str], out: Path) -> list[Path]:
+    paths = []
+    for i, log in enumerate(logs):
+        if not Path(log).is_file():
+            raise DataError(f"{log}: no such training log; give the metrics.csv of a run (runs/lit-vae/version_N)")
+        paths.append(save_figure(plots.training_curves(Path(log)), out, f"training_{i}_{Path(log).parent.name}"))
+    return paths
+
+
+# --- generation -----------------------------------------------------------------------------------------
+
+
+def compare(reference: np.ndarray, other: np.ndarray, names: list[str], kinds: list[str], columns: dict,
+            seed: int) -> dict:
+    """Every fidelity number of `other` against `reference` (both events x features, physical units)."""
+    per_feature = m.feature_metrics(reference, other, kinds, names)
+    classifier = m.classifier_test(reference, other, kinds, names, seed=seed)
+    fpd, fpd_err = m.fpd(reference, other, seed=seed)
+    kpd, kpd_err = m.kpd(reference, other, seed=seed)
+    summary = {
+        "classifier_auc": classifier["auc"], "classifier_auc_lo": classifier["auc_lo"],
+        "classifier_auc_hi": classifier["auc_hi"], "fpd": fpd, "fpd_err": fpd_err, "kpd": kpd, "kpd_err": kpd_err,
+        "w1_mean": float(np.mean([v["w1"] for v in per_feature.values()])),
+        "ks_max": float(max(v["ks"] for v in per_feature.values())),
+        "chi2_ndf_mean": float(np.mean([v["chi2_ndf"] for v in per_feature.values()])),
+        "separation_mean": float(np.mean([v["separation"] for v in per_feature.values()])),
+        **m.correlation_metrics(reference, other),
+    }
+    residuals = {}
+    if all(c in columns for c in m.ZGAMMA_CONSISTENCY_COLUMNS):
+        consistency = m.zgamma_consistency(columns)
+        summary.update(consistency["metrics"])
+        residuals = consistency["residuals"]
+    for name in names:
+        per_feature[name]["auc_1d"] = classifier["auc_1d"][name]
+        per_feature[name]["permutation_importance"] = classifier["permutation_importance"][name]
+    return {"summary": summary, "per_feature": per_feature, "_residuals": residuals}
+
+
+GENERATION_COLUMNS = ("classifier_auc", "fpd", "kpd", "w1_mean", "ks_max", "chi2_ndf_mean", "separation_mean",
+                      "max_abs_delta_rho", "mean_abs_delta_rho", "m_llg_frac_beyond_5pct",
+                      "pt_ll_over_m_llg_frac_beyond_5pct", "impossible_frac")
+
+
+def evaluate_generation(generated: Sequence[str], out: str, mc: str | None = None, region: str | None = None,
+                        seed: int | None = None, labels: Sequence[str] | None = None,
+                        training_logs: Sequence[str] = (), wandb: bool = False) -> dict:
+    """Generated events (one or more files) against held-out MC, with an MC-vs-MC reference: the MC is
+    split into halves A and B; B and each generator (subsampled to the same size) are compared with A."""
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = list(labels or [Path(g).stem.removeprefix("gen_") for g in generated])
+    if len(labels) != len(generated):
+        raise DataError(f"--labels gives {len(labels)} names for {len(generated)} --generated files")
+    files = [read_events(g) for g in generated]
+    names = [c for c in files[0][0] if all(c in f[0] for f in files)]
+    mc_columns, info, description = held_out_mc(mc, files[0][1], region, seed, names)
+    names = [n for n in names if n in info]
+    if not names:
+        raise DataError(f"{generated[0]}: no column in common with the MC ({description})")
+    kinds = [info[n][0] for n in names]
+    rng = np.random.default_rng(0 if seed is None else seed)
+    order = rng.permutation(len(mc_columns[names[0]]))
+    half = len(order) // 2
+    if half < 100:
+        raise DataError(f"only {len(order)} held-out MC events ({description}); at least 200 are needed")
+    x_mc = np.column_stack([mc_columns[n] for n in names]).astype(np.float64)
+    a, b = x_mc[order[:half]], x_mc[order[half:2 * half]]
+    samples = {"mc_vs_mc": (b, {n: mc_columns[n][order[half:2 * half]] for n in mc_columns})}
+    for label, (columns, _) in zip(labels, files, strict=True):
+        x = np.column_stack([columns[n] for n in names]).astype(np.float64)
+        if not np.isfinite(x).all():
+            raise DataError(f"generated file for '{label}' holds NaN or inf values")
+        pick = rng.choice(len(x), min(half, len(x)), replace=False)
+        samples[label] = (x[pick], {n: columns[n][pick] for n in columns})
+    results = {}
+    for label, (x, columns) in tqdm(samples.items(), desc="evaluating generators", unit="sample"):
+        results[label] = compare(a, x, names, kinds, columns, seed=0 if seed is None else seed)
+
+    figures = [save_figure(plots.feature_overlay(n, info[n][0], info[n][1], a[:, j],
+                                                 {lab: samples[lab][0][:, j] for lab in labels}),
+                           out_dir, f"feature_{n}")
+               for j, n in enumerate(tqdm(names, desc="plotting features", unit="feature"))]
+    correlations = [save_figure(plots.correlation_heatmaps(a, samples[lab][0], names, lab), out_dir,
+                                f"correlation_{lab}") for lab in labels]
+    residual_figs = [save_figure(plots.residuals({("MC" if k == "mc_vs_mc" else k): results[k]["_residuals"][r]
+                                                  for k in results}, f"{r}: recomputed / stored - 1"), out_dir,
+                                 f"consistency_{r}") for r in results["mc_vs_mc"]["_residuals"]]
+    training = _training_figures(training_logs, out_dir)
+    for result in results.values():
+        result.pop("_residuals")
+    payload = {"kind": "generation", "reference": description, "n_reference": half, "features": names,
+               "generated": dict(zip(labels, map(str, generated), strict=True)), "comparisons": results}
+    write_json(out_dir / "metrics.json", payload)
+
+    summary_rows = [{"sample": "MC vs MC (reference)" if k == "mc_vs_mc" else k, **r["summary"]}
+                    for k, r in results.items()]
+    feature_rows = [{"feature": n, **{f"{lab}: {key}": results[lab]["per_feature"][n][key] for lab in labels
+                                      for key in ("w1", "ks", "chi2_ndf", "separation", "auc_1d",
+                                                  "permutation_importance")}} for n in names]
+    note = ("<p class='note'>Each generator is compared with half A of the held-out MC; the MC-vs-MC row "
+            "compares half B with half A and shows what 'as good as MC' looks like. Classifier AUC: 0.5 is "
+            "indistinguishable (interval 16-84 %). FPD/KPD: features divided by the MC's max |x|. W1 on values "
+            "standardised by the MC's spread; chi2/ndf and separation on a common binning. Consistency: "
+            "m_llg and pT_ll/m_llg recomputed from the generated four-vectors; impossible = E &lt; pT cosh(eta) "
+            "or more c-jets than jets. No single number is trusted alone.</p>")
+    sections = [("Summary", f"<p>Reference: {html.escape(description)}, {half} events per half.</p>"
+                 + html_table(summary_rows, ["sample", *GENERATION_COLUMNS, "classifier_auc_lo",
+                                             "classifier_auc_hi", "fpd_err", "kpd_err"]) + note),
+                ("Per feature (1-D AUC and permutation importance show what the classifier uses)",
+                 html_table(feature_rows)),
+                ("Distributions", html_figures(figures)), ("Correlations", html_figures(correlations, 1)),
+                ("Physics consistency", html_figures(residual_figs, 3))]
+    if training:
+        sections.append(("Training", html_figures(training, 1)))
+    write_page(out_dir / "report.html", "lit-vae: generation fidelity", sections)
+    if wandb or _wandb_active():
+        log_to_wandb(payload, {"generation_summary": summary_rows}, [*correlations, *residual_figs, *training],
+                     out_dir, "evaluate-generation")
+    return payload
+
+
+def _wandb_active() -> bool:
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    return wandb is not None and wandb.run is not None
+
+
+# --- anomaly detection -----------------------------------------------------------------------------------------
+
+ANOMALY_COLUMNS = ("auc", "eff_s_at_eff_b_0.1", "eff_s_at_eff_b_0.01", "eff_s_at_eff_b_0.001", "max_sic")
+
+
+def _with_features(scores: dict[str, np.ndarray], metadata: dict, path: str) -> tuple[np.ndarray, list[str]]:
+    """The manifest features of every scored event, joined on (sample, event_number)."""
+    if "manifest" not in metadata or "region" not in metadata:
+        raise DataError(f"{path}: no manifest/region in its metadata; was it written by `lit-vae predict`?")
+    manifest = load_manifest(metadata["manifest"])
+    names = list(manifest.features)
+    table = read_region(manifest, metadata["region"], names)
+    key = dict(zip(zip(table["sample"].astype(str), table["event_id"].to_numpy(np.uint64), strict=True),
+                   range(len(table)), strict=True))
+    samples = scores["sample"]
+    if np.issubdtype(samples.dtype, np.integer):  # ROOT outputs store the sample index
+        samples = np.array(metadata["sample_names"])[samples]
+    try:
+        rows = np.array([key[(str(s), int(e))] for s, e in zip(samples, scores["event_number"], strict=True)])
+    except KeyError as err:
+        raise DataError(f"{path}: event {err.args[0]} is not in {manifest.path} region '{metadata['region']}'; "
+                        "score and evaluate with the same manifest") from None
+    return table[names].to_numpy(dtype=np.float64)[rows], names
+
+
+def score_block(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray, n_boot: int, seed: int) -> dict:
+    """Anomaly metrics and their bootstrap intervals for one score."""
+    values = m.anomaly_metrics(labels, scores, weights)
+    intervals = m.bootstrap_intervals(m.anomaly_metrics, labels, scores, weights, n_boot=n_boot, seed=seed)
+    return {**values, **{f"{k}_lo": lo for k, (lo, _) in intervals.items()},
+            **{f"{k}_hi": hi for k, (_, hi) in intervals.items()}}
+
+
+def evaluate_anomaly(scores: Sequence[str], out: str, labels: Sequence[str] | None = None,
+                     base_region: str = "preselection", references: bool = True, n_boot: int = 100, seed: int = 0,
+                     training_logs: Sequence[str] = (), wandb: bool = False) -> dict:
+    """Anomaly-detection metrics of each score file per signal sample (background: every background
+    sample of the file, weighted in pb), beside a supervised classifier and the best single-variable cut,
+    and each region's signal and background efficiency relative to base_region when that is scored too."""
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = list(labels or [Path(s).stem.removeprefix("scores_") for s in scores])
+    if len(labels) != len(scores):
+        raise DataError(f"--labels gives {len(labels)} names for {len(scores)} --scores files")
+    results, curves_figs, score_figs, rows = {}, [], [], []
+    for label, path in zip(labels, scores, strict=True):
+        columns, metadata = read_events(path)
+        for needed in ("score", "label", "weight", "sample", "event_number"):
+            if needed not in columns:
+                raise DataError(f"{path}: no '{needed}' column; give a file written by `lit-vae predict`")
+        samples = columns["sample"]
+        if np.issubdtype(samples.dtype, np.integer):
+            samples = np.array(metadata.get("sample_names", []))[samples]
+        samples = samples.astype(str)
+        is_signal, weight, score = columns["label"] == 1, columns["weight"].astype(np.float64), columns["score"]
+        if not is_signal.any() or is_signal.all():
+            raise DataError(f"{path}: needs both background and signal events to evaluate")
+        x, feature_names = _with_features(columns, metadata, path) if references else (None, [])
+        yields = {s: float(weight[samples == s].sum()) for s in dict.fromkeys(samples)}
+        entry = {"region": metadata.get("region"), "model": metadata.get("model"),
+                 "checkpoint": metadata.get("checkpoint"), "n_background": int((~is_signal).sum()),
+                 "yields_pb": yields, "signals": {}}
+        distributions = {s: (score[samples == s], weight[samples == s]) for s in yields}
+        score_figs.append(save_figure(plots.score_distributions(distributions), out_dir, f"scores_{label}"))
+        for signal in tqdm(sorted(set(samples[is_signal])), desc=f"evaluating {label}", unit="signal"):
+            rows_ = ~is_signal | (samples == signal)
+            y, w = is_signal[rows_].astype(int), weight[rows_]
+            methods = {"anomaly score": score[rows_]}
+            if references:
+                methods["supervised (ceiling)"] = m.supervised_scores(x[rows_], y, w, seed=seed)
+                cut_name, cut_scores = m.best_single_cut(x[rows_], feature_names, y, w)
+                methods[f"best cut: {cut_name}"] = cut_scores
+            block = {}
+            curves = {}
+            for method, values in methods.items():
+                block[method] = score_block(y, values, w, n_boot, seed)
+                eff_b, eff_s, _ = roc_curve(y, values, sample_weight=w)
+                curves[method] = (eff_b, eff_s)
+                rows.append({"scores": label, "region": entry["region"], "signal": signal, "method": method,
+                             **{k: block[method][k] for k in ANOMALY_COLUMNS},
+                             "auc_interval": f"{block[method]['auc_lo']:.3f}-{block[method]['auc_hi']:.3f}"})
+            entry["signals"][signal] = block
+            curves_figs.append(save_figure(plots.roc_and_sic(curves, f"{entry['region']}, {signal}"), out_dir,
+                                           f"roc_{label}_{signal}"))
+        results[label] = entry
+    efficiency_rows = _region_efficiencies(results, base_region)
+    training = _training_figures(training_logs, out_dir)
+    payload = {"kind": "anomaly", "base_region": base_region, "scores": results,
+               "region_efficiency": efficiency_rows}
+    write_json(out_dir / "metrics.json", payload)
+    note = ("<p class='note'>Background: every background sample of the file (the validation part, never "
+            "trained on), weighted by cross-section (pb). eps_S at eps_B: signal efficiency where the "
+            "background efficiency is 10^-1, 10^-2, 10^-3 (a dash where the background sample is too small to "
+            "resolve it); max SIC: the largest eps_S/sqrt(eps_B) keeping at least 10 effective background "
+            "events. Intervals 16-84 % from a Poisson bootstrap. The supervised classifier (trained on this "
+            "signal, out-of-fold) is the ceiling; the best single cut is the floor an anomaly score must beat."
+            "</p>")
+    sections = [("Anomaly detection", html_table(rows) + note)]
+    if efficiency_rows:
+        sections.append((f"Regions relative to {base_region}",
+                         html_table(efficiency_rows) + "<p class='note'>eff: the region's yield over the base "
+                         "region's, per sample; max SIC vs base: the best eps_S/sqrt(eps_B) of the anomaly score "
+                         "in the region times the region's own eps_S/sqrt(eps_B) relative to the base region: "
+                         "does training on a tighter region buy sensitivity?</p>"))
+    sections += [("ROC and significance improvement", html_figures(curves_figs, 2)),
+                 ("Score distributions", html_figures(score_figs, 3))]
+    if training:
+        sections.append(("Training", html_figures(training, 1)))
+    write_page(out_dir / "report.html", "lit-vae: anomaly detection", sections)
+    if wandb or _wandb_active():
+        log_to_wandb(payload, {"anomaly": rows, "regions": efficiency_rows}, [*curves_figs, *score_figs, *training],
+                     out_dir, "evaluate-anomaly")
+    return payload
+
+
+def _region_efficiencies(results: dict, base_region: str) -> list[dict]:
+    """Per scored region and signal: efficiency of signal and background relative to the base region,
+    and the anomaly score's max SIC expressed relative to the base region."""
+    base = next((r for r in results.values() if r["region"] == base_region), None)
+    if base is None:
+        return []
+    rows = []
+    background = [s for s in base["yields_pb"] if s not in base["signals"]]
+    for label, entry in results.items():
+        eff_b = (sum(entry["yields_pb"].get(s, 0.0) for s in background)
+                 / sum(base["yields_pb"][s] for s in background))
+        for signal, block in entry["signals"].items():
+            eff_s = entry["yields_pb"][signal] / base["yields_pb"].get(signal, float("nan"))
+            sic = block["anomaly score"]["max_sic"]
+            rows.append({"scores": label, "region": entry["region"], "signal": signal, "eff_signal": eff_s,
+                         "eff_background": eff_b, "region_sic": eff_s / math.sqrt(eff_b) if eff_b > 0 else float("nan"),
+                         "max_sic_in_region": sic,
+                         "max_sic_vs_base": sic * eff_s / math.sqrt(eff_b) if eff_b > 0 else float("nan")})
+    return rows
+
+
+# --- the page that joins reports ----------------------------------------------------------------------------------
+
+
+def evaluate_summary(reports: Sequence[str], out: str, title: str = "lit-vae report") -> Path:
+    """One page over several evaluation folders: the generators side by side (with their anomaly AUCs
+    when the same labels were scored), every anomaly table, and links to the full reports."""
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    loaded = {}
+    for folder in reports:
+        path = Path(folder) / "metrics.json"
+        if not path.is_file():
+            raise DataError(f"{path}: no such file; run `lit-vae evaluate generation|anomaly --out {folder}` first")
+        loaded[folder] = json.loads(path.read_text())
+    anomaly_auc = {}
+    for payload in loaded.values():
+        for label, entry in payload.get("scores", {}).items():
+            for signal, block in entry["signals"].items():
+                anomaly_auc[(label, signal)] = block["anomaly score"]
+    sections, combined = [], {}
+    for folder, payload in loaded.items():
+        target = os.path.relpath(Path(folder) / "report.html", out_dir)
+        link = f"<p><a href='{html.escape(target)}'>full report: {html.escape(target)}</a></p>"
+        combined[Path(folder).name] = payload
+        if payload["kind"] == "generation":
+            rows = []
+            for label, result in payload["comparisons"].items():
+                row = {"generator": "MC vs MC (reference)" if label == "mc_vs_mc" else label,
+                       **{k: result["summary"].get(k) for k in GENERATION_COLUMNS}}
+                for (scored, signal), block in anomaly_auc.items():
+                    if scored == label:
+                        row[f"anomaly AUC ({signal})"] = block["auc"]
+                        row[f"max SIC ({signal})"] = block["max_sic"]
+                rows.append(row)
+            sections.append((f"Generation: {Path(folder).name}", f"<p>{html.escape(payload['reference'])}</p>"
+                             + html_table(rows) + link))
+        else:
+            rows = [{"scores": label, "region": entry["region"], "signal": signal, "method": method,
+                     **{k: block[k] for k in ANOMALY_COLUMNS}}
+                    for label, entry in payload["scores"].items() for signal, methods in entry["signals"].items()
+                    for method, block in methods.items()]
+            sections.append((f"Anomaly detection: {Path(folder).name}", html_table(rows)
+                             + (html_table(payload["region_efficiency"]) if payload["region_efficiency"] else "")
+                             + link))
+    write_json(out_dir / "metrics.json", combined)
+    return write_page(out_dir / "report.html", title, sections)
