@@ -43,20 +43,43 @@ lint: install
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
 
-# The main job on the shipped sample: train, generate, score (evaluate + report arrive with `lit-vae evaluate`).
-DEMO ?= demo-output
-DEMO_EPOCHS ?= 20
+# The main job on the shipped sample: train VAE and VAE+D on Zgamma, generate, score H(150) -> Zgamma with
+# both; train the likelihood VAE in each Wh1Lbb region and score; evaluate everything; one report page.
+DEMO ?= runs/demo
+DEMO_EPOCHS ?= 30
+DEMO_WH_EPOCHS ?= 30
+DEMO_EVENTS ?= 100000
+DEMO_MAX_EVENTS ?=
 LITVAE := $(abspath $(VENV))/bin/lit-vae
 CONFIG := $(abspath configs)
 BEST = $$(ls runs/lit-vae/version_0/checkpoints/best-*.ckpt)
+LOG = $(1)/runs/lit-vae/version_0/metrics.csv
+REGIONS := preselection mid 2-3b
 
 demo: install
-	rm -rf $(DEMO) && mkdir -p $(DEMO)/zgamma_vae $(DEMO)/wh1lbb_preselection
-	cd $(DEMO)/zgamma_vae && $(LITVAE) fit --config $(CONFIG)/zgamma/vae.yaml --trainer.max_epochs $(DEMO_EPOCHS)
-	cd $(DEMO)/zgamma_vae && $(LITVAE) generate --ckpt_path $(BEST) --n_events 100000 --output ../gen_vae.parquet
-	cd $(DEMO)/wh1lbb_preselection && $(LITVAE) fit --config $(CONFIG)/wh1lbb/preselection.yaml --trainer.max_epochs $(DEMO_EPOCHS)
-	cd $(DEMO)/wh1lbb_preselection && $(LITVAE) predict --config $(CONFIG)/wh1lbb/preselection.yaml --ckpt_path $(BEST) --output ../scores_preselection.parquet
-	@echo "demo outputs in $(DEMO)/: gen_vae.parquet (generated Zgamma events), scores_preselection.parquet (anomaly scores), runs in */runs/"
+	rm -rf $(DEMO) && mkdir -p $(DEMO)
+	@for model in vae vae_d; do \
+	  mkdir -p $(DEMO)/zgamma_$$model && cd $(DEMO)/zgamma_$$model && \
+	  $(LITVAE) fit --config $(CONFIG)/zgamma/$$model.yaml --trainer.max_epochs $(DEMO_EPOCHS) && \
+	  $(LITVAE) generate --ckpt_path $(BEST) --n_events $(DEMO_EVENTS) --output ../gen_$$model.parquet && \
+	  $(LITVAE) predict --config $(CONFIG)/zgamma/$$model.yaml --ckpt_path $(BEST) \
+	    --output ../scores_$$model.parquet && cd - >/dev/null || exit 1; \
+	done
+	@for region in $(REGIONS); do \
+	  mkdir -p $(DEMO)/wh1lbb_$$region && cd $(DEMO)/wh1lbb_$$region && \
+	  $(LITVAE) fit --config $(CONFIG)/wh1lbb/$$region.yaml --trainer.max_epochs $(DEMO_WH_EPOCHS) && \
+	  $(LITVAE) predict --config $(CONFIG)/wh1lbb/$$region.yaml --ckpt_path $(BEST) \
+	    --output ../scores_$$region.parquet && cd - >/dev/null || exit 1; \
+	done
+	$(LITVAE) evaluate generation --generated $(DEMO)/gen_vae.parquet $(DEMO)/gen_vae_d.parquet \
+	  --labels VAE VAE+D --out $(DEMO)/zgamma_generation $(if $(DEMO_MAX_EVENTS),--max-events $(DEMO_MAX_EVENTS)) \
+	  --training-log $(call LOG,$(DEMO)/zgamma_vae) $(call LOG,$(DEMO)/zgamma_vae_d)
+	$(LITVAE) evaluate anomaly --scores $(DEMO)/scores_vae.parquet $(DEMO)/scores_vae_d.parquet \
+	  --labels VAE VAE+D --out $(DEMO)/zgamma_anomaly
+	$(LITVAE) evaluate anomaly --scores $(foreach r,$(REGIONS),$(DEMO)/scores_$(r).parquet) --labels $(REGIONS) \
+	  --out $(DEMO)/wh1lbb_anomaly --training-log $(foreach r,$(REGIONS),$(call LOG,$(DEMO)/wh1lbb_$(r)))
+	$(LITVAE) evaluate summary --reports $(DEMO)/zgamma_generation $(DEMO)/zgamma_anomaly $(DEMO)/wh1lbb_anomaly \
+	  --out $(DEMO) --title "lit-vae demo: VAE vs VAE+D on Zgamma, likelihood VAE on Wh1Lbb"
 
 # Measures speed as ratios against same-run references and writes BENCHMARKS.md.
 bench: install

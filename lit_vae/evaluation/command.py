@@ -17,6 +17,7 @@ def parser() -> argparse.ArgumentParser:
                                   "ntuple (every event); default: the manifest the generator was trained on")
     gen.add_argument("--region", help="region of the manifest (default: the generator's)")
     gen.add_argument("--seed", type=int, help="split seed of the manifest (default: the generator's)")
+    gen.add_argument("--max-events", type=int, help="at most this many held-out MC events per half (default: all)")
     anomaly = sub.add_parser("anomaly", help="anomaly scores of background and signals")
     anomaly.add_argument("--scores", nargs="+", required=True, help="files from `lit-vae predict`")
     anomaly.add_argument("--base-region", default="preselection",
@@ -41,7 +42,8 @@ def run(argv: list[str]) -> None:
     args = parser().parse_args(argv)
     if args.what == "generation":
         evaluate_generation(args.generated, args.out, mc=args.mc, region=args.region, seed=args.seed,
-                            labels=args.labels, training_logs=args.training_log, wandb=args.wandb)
+                            labels=args.labels, training_logs=args.training_log, wandb=args.wandb,
+                            max_events=args.max_events)
         page = f"{args.out}/report.html"
     elif args.what == "anomaly":
         evaluate_anomaly(args.scores, args.out, labels=args.labels, base_region=args.base_region,

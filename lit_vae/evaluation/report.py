@@ -181,9 +181,10 @@ GENERATION_COLUMNS = ("classifier_auc", "fpd", "kpd", "w1_mean", "ks_max", "chi2
 
 def evaluate_generation(generated: Sequence[str], out: str, mc: str | None = None, region: str | None = None,
                         seed: int | None = None, labels: Sequence[str] | None = None,
-                        training_logs: Sequence[str] = (), wandb: bool = False) -> dict:
+                        training_logs: Sequence[str] = (), wandb: bool = False, max_events: int | None = None) -> dict:
     """Generated events (one or more files) against held-out MC, with an MC-vs-MC reference: the MC is
-    split into halves A and B; B and each generator (subsampled to the same size) are compared with A."""
+    split into halves A and B (at most max_events each); B and each generator (subsampled to the same
+    size) are compared with A."""
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = list(labels or [Path(g).stem.removeprefix("gen_") for g in generated])
@@ -198,7 +199,7 @@ def evaluate_generation(generated: Sequence[str], out: str, mc: str | None = Non
     kinds = [info[n][0] for n in names]
     rng = np.random.default_rng(0 if seed is None else seed)
     order = rng.permutation(len(mc_columns[names[0]]))
-    half = len(order) // 2
+    half = min(len(order) // 2, max_events or len(order))
     if half < 100:
         raise DataError(f"only {len(order)} held-out MC events ({description}); at least 200 are needed")
     x_mc = np.column_stack([mc_columns[n] for n in names]).astype(np.float64)
