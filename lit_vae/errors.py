@@ -15,3 +15,7 @@ class DataError(LitVAEError):
 
 class OutputError(LitVAEError):
     """An output path that cannot be written."""
+
+
+class ImplausibleArchitecture(ConfigError):
+    """A hyper-parameter combination the architecture rule refuses (sweeps record it as pruned)."""

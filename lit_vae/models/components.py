@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lit_vae.errors import ConfigError
+from lit_vae.errors import ConfigError, ImplausibleArchitecture
 
 ACTIVATIONS = {
     "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "selu": nn.SELU, "gelu": nn.GELU,
@@ -26,7 +26,7 @@ def check_plausible(sizes: list[int], latent_dim: int) -> None:
     """The architecture rule (the paper notes some Table 1 combinations are implausible): every hidden
     layer is at least as wide as the latent space, so the encoder compresses and the decoder expands."""
     if min(sizes) < latent_dim:
-        raise ConfigError(f"implausible architecture: hidden layers {sizes} are narrower than latent_dim = "
+        raise ImplausibleArchitecture(f"implausible architecture: hidden layers {sizes} are narrower than latent_dim = "
                           f"{latent_dim}; use n_nodes >= latent_dim")
 
 
