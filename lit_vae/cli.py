@@ -17,6 +17,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
 from tqdm import tqdm
 
@@ -109,6 +110,19 @@ class LitVAECLI(LightningCLI):
     def subcommands() -> dict[str, set[str]]:
         return {**LightningCLI.subcommands(), "generate": {"model", "datamodule"}}
 
+    def instantiate_classes(self) -> None:
+        """As LightningCLI's, but a LitVAEError raised by a model or DataModule constructor surfaces as
+        itself (jsonargparse wraps it in a ValueError listing every union subtype)."""
+        try:
+            super().instantiate_classes()
+        except Exception as err:
+            cause = err
+            while cause is not None and not isinstance(cause, LitVAEError):
+                cause = cause.__cause__ or cause.__context__
+            if cause is None:
+                raise
+            raise cause from None
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.n_features", "model.init_args.n_features", apply_on="instantiate")
         parser.link_arguments("data.feature_kinds", "model.init_args.feature_kinds", apply_on="instantiate")
@@ -116,27 +130,35 @@ class LitVAECLI(LightningCLI):
         parser.link_arguments("seed_everything", "data.init_args.seed")
 
 
-def build_cli(args: list[str] | None = None, run: bool = True) -> LitVAECLI:
+def build_cli(args: list[str] | None = None, run: bool = True, exit_on_error: bool = True) -> LitVAECLI:
     """The lit-vae LightningCLI, configs/base.yaml read first; run=False builds the objects of a fit
-    without running a subcommand (the benchmarks use it)."""
-    defaults = {"default_config_files": [str(BASE_CONFIG)]}
-    return LitVAECLI(
-        BaseVAE, EventDataModule, trainer_class=LitVAETrainer, subclass_mode_model=True,
-        subclass_mode_data=True, auto_configure_optimizers=False, save_config_kwargs={"overwrite": True},
-        parser_kwargs={name: defaults for name in LitVAECLI.subcommands()} if run else defaults,
-        args=args, run=run,
-    )
+    without running a subcommand (benchmarks and sweep trials use it); exit_on_error=False raises a
+    ConfigError for a bad argument instead of exiting."""
+    defaults = {"default_config_files": [str(BASE_CONFIG)], "exit_on_error": exit_on_error}
+    try:
+        return LitVAECLI(
+            BaseVAE, EventDataModule, trainer_class=LitVAETrainer, subclass_mode_model=True,
+            subclass_mode_data=True, auto_configure_optimizers=False, save_config_kwargs={"overwrite": True},
+            parser_kwargs={name: defaults for name in LitVAECLI.subcommands()} if run else defaults,
+            args=args, run=run,
+        )
+    except ArgumentError as err:  # only reached with exit_on_error=False
+        raise ConfigError(f"bad argument: {str(err).splitlines()[0]}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `lit-vae`."""
     confine_wandb()
-    argv = sys.argv[1:] if argv is None else argv
+    words = sys.argv[1:] if argv is None else argv
     try:
-        if argv[:1] == ["evaluate"]:
+        if words[:1] == ["evaluate"]:
             from lit_vae.evaluation.command import run as evaluate
 
-            evaluate(argv[1:])
+            evaluate(words[1:])
+        elif words[:1] == ["sweep"]:
+            from lit_vae.sweep.command import run as sweep
+
+            sweep(words[1:])
         else:
             build_cli(argv)
     except LitVAEError as err:
