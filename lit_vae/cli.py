@@ -136,12 +136,14 @@ def build_cli(args: list[str] | None = None, run: bool = True, exit_on_error: bo
     ConfigError for a bad argument instead of exiting."""
     defaults = {"default_config_files": [str(BASE_CONFIG)], "exit_on_error": exit_on_error}
     try:
-        return LitVAECLI(
-            BaseVAE, EventDataModule, trainer_class=LitVAETrainer, subclass_mode_model=True,
-            subclass_mode_data=True, auto_configure_optimizers=False, save_config_kwargs={"overwrite": True},
-            parser_kwargs={name: defaults for name in LitVAECLI.subcommands()} if run else defaults,
-            args=args, run=run,
-        )
+        with warnings.catch_warnings():  # args are passed on purpose (tests, sweeps), not mixed up with sys.argv
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            return LitVAECLI(
+                BaseVAE, EventDataModule, trainer_class=LitVAETrainer, subclass_mode_model=True,
+                subclass_mode_data=True, auto_configure_optimizers=False, save_config_kwargs={"overwrite": True},
+                parser_kwargs={name: defaults for name in LitVAECLI.subcommands()} if run else defaults,
+                args=args, run=run,
+            )
     except ArgumentError as err:  # only reached with exit_on_error=False
         raise ConfigError(f"bad argument: {str(err).splitlines()[0]}") from None
 
