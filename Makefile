@@ -10,7 +10,7 @@ JOBS ?= 2
 MC := $(PY) -m lit_vae.mc
 N = $$(( $(1) * $(SCALE) ))
 
-.PHONY: install test test-fast samples lint clean bench demo
+.PHONY: install test test-fast samples lint clean bench bench-sweeps demo
 
 install: $(STAMP)
 
@@ -84,3 +84,7 @@ demo: install
 # Measures speed as ratios against same-run references and writes BENCHMARKS.md.
 bench: install
 	$(PY) benchmarks/run.py
+
+# Sweep throughput (Table 1 grid, 1 and 2 workers) and TPE + Hyperband against a reduced grid (~20 min).
+bench-sweeps: install
+	$(PY) benchmarks/sweeps.py

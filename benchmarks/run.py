@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -241,7 +242,9 @@ def main() -> None:
     finally:
         os.chdir(cwd)
         shutil.rmtree(workdir, ignore_errors=True)
-    (REPO / "BENCHMARKS.md").write_text("\n".join(lines))
+    target = REPO / "BENCHMARKS.md"
+    kept = re.search(r"<!-- sweeps -->.*<!-- /sweeps -->", target.read_text(), re.S) if target.exists() else None
+    target.write_text("\n".join(lines) + (f"\n{kept.group(0)}\n" if kept else ""))  # make bench-sweeps' section
     print("\n".join(lines))
 
 
