@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lit_vae.sweep.runner import run_sweep
+from lit_vae.errors import ConfigError
 
 
 def parser() -> argparse.ArgumentParser:
@@ -32,6 +32,10 @@ def run(argv: list[str]) -> None:
     args = parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     if args.workers < 1 or (args.trials is not None and args.trials < 1):
         raise SystemExit("lit-vae sweep: error: --workers and --trials must be positive")
+    try:
+        from lit_vae.sweep.runner import run_sweep
+    except ImportError as err:
+        raise ConfigError(f"lit-vae sweep needs Optuna ({err.name} is missing): pip install 'lit-vae[sweep]'") from None
     ranking = run_sweep(args.file, backend=args.backend, trials=args.trials, storage=args.storage,
                         study_name=args.study_name, workers=args.workers, extra=extra,
                         summary_only=args.summary, summarise=not args.no_summary, sampler_seed=args.sampler_seed)
