@@ -70,19 +70,25 @@ def correlation_heatmaps(reference: np.ndarray, other: np.ndarray, names: Sequen
     return fig
 
 
-def residuals(values: Mapping[str, np.ndarray], xlabel: str, limit: float = 0.2):
-    """Distributions of a relative residual (recomputed / stored - 1) per sample, on a log axis."""
-    fig, ax = plt.subplots(figsize=(6, 5), layout="constrained")
-    edges = np.linspace(-limit, limit, 81)
-    for colour, (label, r) in zip(("grey", *COLOURS), values.items(), strict=False):
-        h = histogram(np.nan_to_num(r, nan=limit), edges)
-        hep.histplot(h / max(h.sum(), 1), edges, ax=ax, color=colour, label=label)
+def log_fractions(samples: Mapping[str, tuple[np.ndarray, np.ndarray | None]], edges: np.ndarray, xlabel: str,
+                  colours: Sequence[str] = COLOURS):
+    """Each sample's (weighted) distribution as fractions of its events, on a log axis."""
+    fig, ax = plt.subplots(figsize=(7, 5.5), layout="constrained")
+    for colour, (label, (values, weights)) in zip(colours, samples.items(), strict=False):
+        h = histogram(values, edges, weights)
+        hep.histplot(h / max(h.sum(), 1e-300), edges, ax=ax, color=colour, label=label)
     ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("fraction of events")
     ax.legend(fontsize=10)
     _label(ax)
     return fig
+
+
+def residuals(values: Mapping[str, np.ndarray], xlabel: str, limit: float = 0.2):
+    """Distributions of a relative residual (recomputed / stored - 1) per sample (NaN counted as off)."""
+    return log_fractions({k: (np.nan_to_num(r, nan=limit), None) for k, r in values.items()},
+                         np.linspace(-limit, limit, 81), xlabel, ("grey", *COLOURS))
 
 
 def roc_and_sic(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str):
@@ -108,18 +114,9 @@ def roc_and_sic(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str)
 
 def score_distributions(scores: Mapping[str, tuple[np.ndarray, np.ndarray]], xlabel: str = "anomaly score"):
     """Weighted, unit-normalised score distribution per sample on a log axis (the tail is what matters)."""
-    fig, ax = plt.subplots(figsize=(7, 5.5), layout="constrained")
     everything = np.concatenate([s for s, _ in scores.values()])
     edges = np.linspace(np.quantile(everything, 0.001), np.quantile(everything, 0.999), 61)
-    for colour, (label, (s, w)) in zip(COLOURS, scores.items(), strict=False):
-        h = histogram(s, edges, w)
-        hep.histplot(h / max(h.sum(), 1e-300), edges, ax=ax, color=colour, label=label)
-    ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("fraction of events")
-    ax.legend(fontsize=10)
-    _label(ax)
-    return fig
+    return log_fractions(scores, edges, xlabel)
 
 
 def training_curves(log: Path, metrics: Sequence[str] = ("train/loss_epoch", "val/loss", "val/elbo", "val/w1_mean")):
