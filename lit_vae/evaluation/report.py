@@ -116,7 +116,7 @@ def log_to_wandb(payload: dict, tables: dict[str, list[dict]], images: Sequence[
     user is logged in, files under runs/)."""
     import wandb
 
-    run = wandb.run or wandb.init(project="lit-vae", job_type="evaluate", name=name, dir=str(out))
+    run = wandb.run or wandb.init(project="lit-vae", job_type="evaluate", name=name, config={"out": str(out)})
     flat = {}
 
     def walk(prefix: str, value) -> None:

@@ -151,10 +151,15 @@ def test_anomaly_metrics_and_region_efficiencies_agree_with_direct_computations(
     assert efficiency[("preselection", signal)]["eff_signal"] == pytest.approx(1.0)
 
 
-def test_summary_page_joins_reports_and_links_them(generation_report, scores, tmp_path):
+def test_summary_page_joins_reports_and_links_them(generation_report, scores, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for variable in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR", "WANDB_MODE"):
+        monkeypatch.delenv(variable, raising=False)
     anomaly = tmp_path / "anomaly"
     assert main(["evaluate", "anomaly", "--scores", str(scores["mid"]), "--out", str(anomaly), "--no-references",
-                 "--bootstrap", "10"]) == 0
+                 "--bootstrap", "10", "--wandb"]) == 0
+    runs = list((tmp_path / "runs").rglob("offline-run-*/run-*.wandb"))  # metrics, table, images
+    assert len(runs) == 1 and runs[0].stat().st_size > 10_000
     out = tmp_path / "summary"
     assert main(["evaluate", "summary", "--reports", str(generation_report[0]), str(anomaly), "--out", str(out)]) == 0
     page = (out / "report.html").read_text()
