@@ -101,14 +101,16 @@ class BaseVAE(L.LightningModule):
         return loss
 
     def log_train(self, name: str, value: torch.Tensor, n: int, prog_bar: bool = False) -> None:
-        """Log a training value per step (every log_every_n_steps) and its epoch mean (as name_epoch).
+        """Log a training value every log_every_n_steps steps (to the progress bar too when prog_bar) and
+        its epoch mean (as name_epoch).
 
-        The epoch mean is accumulated in a MeanMetric: Lightning's own on_epoch reduction costs more
-        per step than these small models' forward and backward passes."""
+        The epoch mean is accumulated in a MeanMetric without its NaN check (which syncs every step; a
+        NaN still shows as a NaN mean): Lightning's own on_epoch reduction and a per-step `self.log` cost
+        more than these small models' forward and backward passes."""
         if name not in self.train_means:
-            self.train_means[name] = MeanMetric().to(self.device)
+            self.train_means[name] = MeanMetric(nan_strategy="disable").to(self.device)
         self.train_means[name].update(value.detach(), n)
-        if prog_bar or self.trainer.global_step % self.trainer.log_every_n_steps == 0:
+        if self.trainer.global_step % self.trainer.log_every_n_steps == 0:
             self.log(f"{name}_step", value, on_step=True, on_epoch=False, prog_bar=prog_bar, batch_size=n)
 
     def on_train_epoch_end(self) -> None:
