@@ -233,7 +233,7 @@ def evaluate_generation(generated: Sequence[str], out: str, mc: str | None = Non
 
     summary_rows = [{"sample": "MC vs MC (reference)" if k == "mc_vs_mc" else k, **r["summary"]}
                     for k, r in results.items()]
-    feature_rows = [{"feature": n, **{f"{lab}: {key}": results[lab]["per_feature"][n][key] for lab in labels
+    feature_rows = [{"feature": n, **{f"{lab}: {key}": results[lab]["per_feature"][n][key] for lab in results
                                       for key in ("w1", "ks", "chi2_ndf", "separation", "auc_1d",
                                                   "permutation_importance")}} for n in names]
     note = ("<p class='note'>Each generator is compared with half A of the held-out MC; the MC-vs-MC row "
@@ -290,6 +290,12 @@ def _with_features(scores: dict[str, np.ndarray], metadata: dict, path: str) -> 
     return table[names].to_numpy(dtype=np.float64)[rows], names
 
 
+def _with_interval(block: dict, key: str) -> str:
+    """'value (lo-hi)' for the report page; a dash where the number cannot be resolved."""
+    value, lo, hi = block[key], block[f"{key}_lo"], block[f"{key}_hi"]
+    return "\u2013" if math.isnan(value) else f"{value:.3g} ({lo:.3g}\u2013{hi:.3g})"
+
+
 def score_block(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray, n_boot: int, seed: int) -> dict:
     """Anomaly metrics and their bootstrap intervals for one score."""
     values = m.anomaly_metrics(labels, scores, weights)
@@ -309,7 +315,7 @@ def evaluate_anomaly(scores: Sequence[str], out: str, labels: Sequence[str] | No
     labels = list(labels or [Path(s).stem.removeprefix("scores_") for s in scores])
     if len(labels) != len(scores):
         raise DataError(f"--labels gives {len(labels)} names for {len(scores)} --scores files")
-    results, curves_figs, score_figs, rows = {}, [], [], []
+    results, curves_figs, score_figs, rows, page_rows = {}, [], [], [], []
     for label, path in zip(labels, scores, strict=True):
         columns, metadata = read_events(path)
         for needed in ("score", "label", "weight", "sample", "event_number"):
@@ -344,8 +350,9 @@ def evaluate_anomaly(scores: Sequence[str], out: str, labels: Sequence[str] | No
                 eff_b, eff_s, _ = roc_curve(y, values, sample_weight=w)
                 curves[method] = (eff_b, eff_s)
                 rows.append({"scores": label, "region": entry["region"], "signal": signal, "method": method,
-                             **{k: block[method][k] for k in ANOMALY_COLUMNS},
-                             "auc_interval": f"{block[method]['auc_lo']:.3f}-{block[method]['auc_hi']:.3f}"})
+                             **{k: block[method][k] for k in ANOMALY_COLUMNS}})
+                page_rows.append({**{k: rows[-1][k] for k in ("scores", "region", "signal", "method")},
+                                  **{k: _with_interval(block[method], k) for k in ANOMALY_COLUMNS}})
             entry["signals"][signal] = block
             curves_figs.append(save_figure(plots.roc_and_sic(curves, f"{entry['region']}, {signal}"), out_dir,
                                            f"roc_{label}_{signal}"))
@@ -359,10 +366,10 @@ def evaluate_anomaly(scores: Sequence[str], out: str, labels: Sequence[str] | No
             "trained on), weighted by cross-section (pb). eps_S at eps_B: signal efficiency where the "
             "background efficiency is 10^-1, 10^-2, 10^-3 (a dash where the background sample is too small to "
             "resolve it); max SIC: the largest eps_S/sqrt(eps_B) keeping at least 10 effective background "
-            "events. Intervals 16-84 % from a Poisson bootstrap. The supervised classifier (trained on this "
-            "signal, out-of-fold) is the ceiling; the best single cut is the floor an anomaly score must beat."
-            "</p>")
-    sections = [("Anomaly detection", html_table(rows) + note)]
+            "events. In brackets: the 16-84 % interval of a Poisson bootstrap. The supervised classifier "
+            "(trained on this signal, out-of-fold) is the ceiling; the best single cut is the floor an anomaly "
+            "score must beat.</p>")
+    sections = [("Anomaly detection", html_table(page_rows) + note)]
     if efficiency_rows:
         sections.append((f"Regions relative to {base_region}",
                          html_table(efficiency_rows) + "<p class='note'>eff: the region's yield over the base "
