@@ -136,12 +136,11 @@ class EventDataModule(L.LightningDataModule):
         sample_index = table["sample"].cat.codes.to_numpy().astype(np.int64)  # categories in manifest order
         ids = table["event_id"].to_numpy(dtype=np.uint64)
         signal = table["is_signal"].to_numpy(dtype=bool)
-        train = background_train_mask(table["sample"].to_numpy(dtype=str), ids, signal, self.seed,
-                                      self.train_fraction)
+        train = background_train_mask(table, self.seed, self.train_fraction)
         keep = np.ones(len(table), dtype=bool)
         if self.max_events is not None:
             keep = self._subset(ids, sample_index, ~signal)
-        x = np.array(table[self.features].to_numpy(dtype=np.float64), copy=True)
+        x = np.column_stack([table[name].to_numpy(dtype=np.float64) for name in self.features])  # a new array
         weight = table["weight"].to_numpy(dtype=np.float64)
         parts = {"train": keep & ~signal & train, "val": keep & ~signal & ~train}
         parts["test"] = parts["val"] | signal

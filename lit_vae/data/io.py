@@ -211,7 +211,8 @@ def read_region(manifest: Manifest, region: str, features: list[str], *, nan_pol
             if frame.empty:
                 raise DataError(f"{manifest.path}: region '{region}' selects no events of sample '{sample.name}'; "
                                 f"check the cut '{cut}' or the sample's files")
-            frame["sample"] = sample.name
+            frame["sample"] = pd.Categorical.from_codes(np.full(len(frame), list(manifest.samples).index(sample.name)),
+                                                        categories=list(manifest.samples))
             frame["is_signal"] = sample.is_signal
             frames.append(_drop_non_finite(frame, features, nan_policy, f"sample '{sample.name}'"))
     table = _with_sample_categories(pd.concat(frames, ignore_index=True), manifest)
@@ -226,7 +227,11 @@ def _with_sample_categories(table, manifest: Manifest):
     """The sample column as a categorical in the manifest's sample order (fresh and cached alike)."""
     import pandas as pd
 
-    table["sample"] = pd.Categorical(table["sample"].astype(str), categories=list(manifest.samples))
+    names = list(manifest.samples)
+    column = table["sample"]
+    if isinstance(column.dtype, pd.CategoricalDtype) and list(column.cat.categories) == names:
+        return table
+    table["sample"] = pd.Categorical(column.astype(str), categories=names)
     return table
 
 

@@ -31,12 +31,16 @@ def is_train(event_id: np.ndarray, sample: str, seed: int, train_fraction: float
     return uniform_from_id(event_id, sample, seed) < train_fraction
 
 
-def background_train_mask(sample: np.ndarray, event_id: np.ndarray, is_signal: np.ndarray, seed: int,
-                          train_fraction: float) -> np.ndarray:
-    """True for the background events of the training part of a region table (signals are never trained
-    on); the same mask the DataModule uses, so evaluation can take exactly the validation part."""
-    train = np.zeros(len(event_id), dtype=bool)
-    for name in np.unique(sample[~is_signal]):
-        rows = (sample == name) & ~is_signal
-        train[rows] = is_train(event_id[rows], str(name), seed, train_fraction)
+def background_train_mask(table, seed: int, train_fraction: float) -> np.ndarray:
+    """True for the background events of the training part of a region table (`read_region`'s layout:
+    categorical `sample`, `event_id`, `is_signal`); signals are never trained on. The DataModule and the
+    evaluation use this one mask, so evaluation can take exactly the validation part."""
+    codes = table["sample"].cat.codes.to_numpy()
+    ids = table["event_id"].to_numpy(dtype=np.uint64)
+    background = ~table["is_signal"].to_numpy(dtype=bool)
+    train = np.zeros(len(table), dtype=bool)
+    for code, name in enumerate(table["sample"].cat.categories):
+        rows = (codes == code) & background
+        if rows.any():
+            train[rows] = is_train(ids[rows], str(name), seed, train_fraction)
     return train

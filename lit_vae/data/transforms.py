@@ -55,7 +55,8 @@ class FeatureTransform(nn.Module):
         if np.any(x[:, positive] < 0):
             bad = [k for k, p, neg in zip(range(x.shape[1]), positive, (x < 0).any(axis=0), strict=True) if p and neg]
             raise DataError(f"features {bad} are declared positive but have negative values; declare them 'real'")
-        log_scale = np.where(positive, np.maximum(np.median(np.where(positive, x, 1.0), axis=0), 1e-6), 1.0)
+        log_scale = np.ones(x.shape[1])
+        log_scale[positive] = np.maximum(np.median(x[:, positive], axis=0), 1e-6)
         transform.log_scale.copy_(torch.from_numpy(log_scale))
         staged = transform._stage(torch.from_numpy(x)).numpy()
         standardise = ~transform._is("angle").numpy()

@@ -43,8 +43,7 @@ def held_out_mc(source: str | None, generated_metadata: dict, region: str | None
         names = [f for f in features if f in manifest.features]
         table = read_region(manifest, region, names)
         signal = table["is_signal"].to_numpy(dtype=bool)
-        train = background_train_mask(table["sample"].to_numpy(dtype=str), table["event_id"].to_numpy(np.uint64),
-                                      signal, seed, fraction)
+        train = background_train_mask(table, seed, fraction)
         rows = ~signal & ~train
         columns = {f: table[f].to_numpy()[rows] for f in names}
         info = {f: (manifest.features[f].kind, manifest.features[f].unit or "") for f in names}

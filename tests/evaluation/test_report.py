@@ -44,8 +44,7 @@ def generated(tmp_path_factory):
     manifest = load_manifest(ZGAMMA)
     features = list(manifest.features)
     table = read_region(manifest, "window", features)
-    train = background_train_mask(table["sample"].to_numpy(dtype=str), table["event_id"].to_numpy(np.uint64),
-                                  table["is_signal"].to_numpy(bool), 42, 0.6)
+    train = background_train_mask(table, 42, 0.6)
     copy = {f: table[f].to_numpy()[train & ~table["is_signal"].to_numpy(bool)][:6000] for f in features}
     rng = np.random.default_rng(3)
     shuffled = {f: rng.permutation(v) for f, v in copy.items()}
@@ -112,8 +111,7 @@ def scores(tmp_path_factory):
     for region in ("preselection", "mid"):
         table = read_region(manifest, region, list(manifest.features))
         signal = table["is_signal"].to_numpy(bool)
-        train = background_train_mask(table["sample"].to_numpy(dtype=str), table["event_id"].to_numpy(np.uint64),
-                                      signal, 42, 0.6)
+        train = background_train_mask(table, 42, 0.6)
         rows = signal | ~train
         columns = {"event_number": table["event_id"].to_numpy(np.uint64)[rows],
                    "sample": table["sample"].to_numpy(dtype=str)[rows], "label": signal[rows].astype(np.int32),
