@@ -241,11 +241,12 @@ def main() -> None:
                   "log_every_n_steps instead of every step and MeanMetric without its per-step NaN sync gained "
                   "0.08. The rest is Lightning's per-step hook dispatch, which a framework built on Lightning "
                   "keeps.",
-                  "- Below goal, data: ROOT -> tensors (cold) spends ~50 ms of ~150 ms for 120k events in "
-                  "chunked uproot reading (the reference reads the same branches in one call in ~27 ms), ~45 ms "
-                  "building the pandas table, ~35 ms fitting the transform (medians) and ~20 ms applying it; "
-                  "0.8 would leave 7 ms for everything after the read. The cache does not help at this file "
-                  "size.",
+                  "- Below goal, data: ROOT -> tensors (cold) spends ~45 ms of ~105 ms for 120k events in "
+                  "chunked uproot reading and the region table (the reference reads the same branches in one call "
+                  "in ~30 ms), ~25 ms fitting the transform (medians, means, spreads on the training part) and "
+                  "~20 ms applying it; 0.8 would leave ~8 ms for everything after the read. Taking the split "
+                  "from category codes, stacking features column by column and building the sample column as a "
+                  "categorical cut ~60 ms (0.21 -> 0.29). The cache does not help at this file size.",
                   "- No GPU numbers yet: this session had no accelerator machine.", ""]
     finally:
         os.chdir(cwd)
