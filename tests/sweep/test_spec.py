@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import optuna
 import pytest
 import yaml
+from scipy import stats
 
 from lit_vae.errors import ConfigError
 from lit_vae.sweep.spec import load_sweep, suggest, wandb_arg
@@ -39,7 +41,7 @@ def test_every_supported_form_draws_inside_the_files_values(tmp_path):
     sweep = load_sweep(sweep_file(tmp_path, PARAMETERS))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     draws = []
-    for _ in range(60):
+    for _ in range(400):
         trial = study.ask()
         draws.append(suggest(trial, sweep))
         study.tell(trial, 0.0)
@@ -49,14 +51,19 @@ def test_every_supported_form_draws_inside_the_files_values(tmp_path):
         assert d["model.init_args.beta"] == 0.5
         assert isinstance(d["model.init_args.latent_dim"], int) and 2 <= d["model.init_args.latent_dim"] <= 9
         assert isinstance(d["model.init_args.n_nodes"], int) and 16 <= d["model.init_args.n_nodes"] <= 64
-        assert 1.0 <= d["model.init_args.gamma"] <= 3.0
         q = d["data.init_args.train_fraction"]
         assert 0.5 <= q <= 0.7 and abs(q / 0.05 - round(q / 0.05)) < 1e-9
         assert 1e-4 <= d["model.init_args.learning_rate"] <= 1e-2
         assert math.exp(-2) <= d["trainer.gradient_clip_val"] <= math.exp(1)
     assert {d["model.init_args.feature_weights"] == {} for d in draws} == {True, False}
-    lr = [math.log10(d["model.init_args.learning_rate"]) for d in draws]
-    assert min(lr) < -3.3 and max(lr) > -2.7  # log-uniform: both decades are visited
+    # the continuous forms follow the W&B distributions (KS against scipy; a log/linear mix-up fails these)
+    gamma = [d["model.init_args.gamma"] for d in draws]
+    assert stats.kstest(gamma, stats.uniform(1.0, 2.0).cdf).pvalue > 1e-3
+    assert stats.kstest(gamma, stats.loguniform(1.0, 3.0).cdf).pvalue < 1e-3
+    lr = [d["model.init_args.learning_rate"] for d in draws]
+    assert stats.kstest(lr, stats.loguniform(1e-4, 1e-2).cdf).pvalue > 1e-3
+    clip = [d["trainer.gradient_clip_val"] for d in draws]  # log_uniform: bounds are natural-log exponents
+    assert stats.kstest(np.log(clip), stats.uniform(-2.0, 3.0).cdf).pvalue > 1e-3
 
 
 def test_args_are_formatted_as_a_wandb_agent_does():
