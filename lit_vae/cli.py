@@ -1,5 +1,5 @@
-"""The `lit-vae` command: LightningCLI with fit, validate, test, predict and generate; `evaluate` goes to
-lit_vae.evaluation.command.
+"""The `lit-vae` command: LightningCLI with fit, validate, test, predict and generate; `evaluate` and
+`sweep` go to their own parsers (lit_vae.evaluation.command, lit_vae.sweep.command).
 
 `configs/base.yaml` (trainer, loggers, callbacks, default model and data) is read first; a model config
 adds what differs: `lit-vae fit --config configs/zgamma/vae.yaml`. The DataModule's feature count, kinds

@@ -9,6 +9,7 @@ import html
 import json
 import math
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -258,8 +259,6 @@ def evaluate_generation(generated: Sequence[str], out: str, mc: str | None = Non
 
 
 def _wandb_active() -> bool:
-    import sys
-
     wandb = sys.modules.get("wandb")
     return wandb is not None and wandb.run is not None
 
@@ -269,7 +268,8 @@ def _wandb_active() -> bool:
 ANOMALY_COLUMNS = ("auc", "eff_s_at_eff_b_0.1", "eff_s_at_eff_b_0.01", "eff_s_at_eff_b_0.001", "max_sic")
 
 
-def _with_features(scores: dict[str, np.ndarray], metadata: dict, path: str) -> tuple[np.ndarray, list[str]]:
+def _with_features(samples: np.ndarray, event_numbers: np.ndarray, metadata: dict,
+                   path: str) -> tuple[np.ndarray, list[str]]:
     """The manifest features of every scored event, joined on (sample, event_number)."""
     if "manifest" not in metadata or "region" not in metadata:
         raise DataError(f"{path}: no manifest/region in its metadata; was it written by `lit-vae predict`?")
@@ -278,11 +278,8 @@ def _with_features(scores: dict[str, np.ndarray], metadata: dict, path: str) -> 
     table = read_region(manifest, metadata["region"], names)
     key = dict(zip(zip(table["sample"].astype(str), table["event_id"].to_numpy(np.uint64), strict=True),
                    range(len(table)), strict=True))
-    samples = scores["sample"]
-    if np.issubdtype(samples.dtype, np.integer):  # ROOT outputs store the sample index
-        samples = np.array(metadata["sample_names"])[samples]
     try:
-        rows = np.array([key[(str(s), int(e))] for s, e in zip(samples, scores["event_number"], strict=True)])
+        rows = np.array([key[(s, int(e))] for s, e in zip(samples, event_numbers, strict=True)])
     except KeyError as err:
         raise DataError(f"{path}: event {err.args[0]} is not in {manifest.path} region '{metadata['region']}'; "
                         "score and evaluate with the same manifest") from None
@@ -321,13 +318,14 @@ def evaluate_anomaly(scores: Sequence[str], out: str, labels: Sequence[str] | No
             if needed not in columns:
                 raise DataError(f"{path}: no '{needed}' column; give a file written by `lit-vae predict`")
         samples = columns["sample"]
-        if np.issubdtype(samples.dtype, np.integer):
+        if np.issubdtype(samples.dtype, np.integer):  # ROOT outputs store the index into sample_names
             samples = np.array(metadata.get("sample_names", []))[samples]
         samples = samples.astype(str)
         is_signal, weight, score = columns["label"] == 1, columns["weight"].astype(np.float64), columns["score"]
         if not is_signal.any() or is_signal.all():
             raise DataError(f"{path}: needs both background and signal events to evaluate")
-        x, feature_names = _with_features(columns, metadata, path) if references else (None, [])
+        x, feature_names = (_with_features(samples, columns["event_number"], metadata, path) if references
+                            else (None, []))
         yields = {s: float(weight[samples == s].sum()) for s in dict.fromkeys(samples)}
         entry = {"region": metadata.get("region"), "model": metadata.get("model"),
                  "checkpoint": metadata.get("checkpoint"), "n_background": int((~is_signal).sum()),

@@ -217,7 +217,7 @@ def write_summary(study: optuna.Study, sweep: Sweep, sweep_dir: Path) -> Path:
     for t in study.get_trials(deepcopy=False):
         rows.append({"trial": t.number, "state": t.state.name.lower(), sweep.metric: t.value,
                      "classifier_auc": t.user_attrs.get("classifier_auc"), "duration_s": t.user_attrs.get("duration_s"),
-                     **{k: v for k, v in t.params.items()}, "reason": t.user_attrs.get("reason", "")})
+                     **t.params, "reason": t.user_attrs.get("reason", "")})
     if not rows:
         raise ConfigError(f"study '{study.study_name}' has no trials yet")
     table = pd.DataFrame(rows)
@@ -230,8 +230,7 @@ def write_summary(study: optuna.Study, sweep: Sweep, sweep_dir: Path) -> Path:
                                for v in row) + " |" for row in table.itertuples(index=False)]
     (sweep_dir / "ranking.md").write_text(f"# {study.study_name}: ranked by {sweep.metric} ({sweep.goal})\n\n"
                                           + header + "\n".join(lines) + "\n")
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    if complete:
+    if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         best = study.best_trial
         shutil.copy(sweep_dir / f"trial_{best.number:04d}" / "config.yaml", sweep_dir / "best.yaml")
     return sweep_dir / "ranking.md"
