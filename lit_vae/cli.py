@@ -25,6 +25,7 @@ from lit_vae.callbacks import ScoreWriter
 from lit_vae.data.datamodule import EventDataModule
 from lit_vae.data.io import EventWriter
 from lit_vae.errors import ConfigError, LitVAEError
+from lit_vae.generation import Tally, generate_columns, physics_of
 from lit_vae.models.base import BaseVAE, load_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -65,18 +66,23 @@ class LitVAETrainer(L.Trainer):
             raise ConfigError(f"--n_events and --batch_size must be positive, got {n_events} and {batch_size}")
         device = self.strategy.root_device
         model = load_model(ckpt_path, map_location=str(device)).eval()
-        generator = torch.Generator(device=device).manual_seed(seed)
+        physics = physics_of(model)
         metadata = {"checkpoint": str(ckpt_path), "seed": seed, "model": type(model).__name__,
                     "manifest_hash": model.manifest_hash, "n_events": n_events, "units": "GeV, rad",
-                    "data_split": model.data_split}
-        counts = [k == "count" for k in model.feature_kinds]
+                    "data_split": model.data_split, "physics": physics.state()}
+        tally = Tally()
+        weight = np.float32(physics.cross_section_pb / n_events) if physics.cross_section_pb else np.float32(1.0)
         with EventWriter(output, metadata) as writer, tqdm(total=n_events, unit="evt", desc="generating",
                                                           file=sys.stderr) as bar:
-            for start in range(0, n_events, batch_size):
-                events = model.sample(min(batch_size, n_events - start), generator).cpu().numpy()
-                writer.append({name: events[:, j].astype(np.int32 if counts[j] else np.float32)
-                               for j, name in enumerate(model.feature_names)})
-                bar.update(len(events))
+            for columns in generate_columns(model, n_events, batch_size, seed, device, tally):
+                writer.append({**columns, "weight": np.full(len(next(iter(columns.values()))), weight)})
+                bar.update(len(columns[physics.outputs[0]]))
+                bar.set_postfix(acceptance=f"{tally.acceptance:.3f}", refresh=False)
+            writer.metadata.update({"sampled": tally.sampled, "acceptance": tally.acceptance,
+                                    "weight": "pb per event: the training region's sigma x efficiency "
+                                              f"({physics.cross_section_pb:.6g} pb) / n_events"})
+        print(f"generated {n_events} events: {tally.accepted} of {tally.sampled} sampled pass the region's cut and "
+              f"the declared bounds (acceptance {tally.acceptance:.4f}) -> {output}", file=sys.stderr)
         return Path(output)
 
 

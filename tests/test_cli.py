@@ -12,6 +12,7 @@ import pytest
 import uproot
 
 from lit_vae.cli import main
+from lit_vae.data.io import read_events
 
 from .paths import REPO
 
@@ -85,12 +86,11 @@ def test_generate_writes_physical_events(trained, tmp_path):
     assert main(["generate", *data_args(trained["manifest"]), "--ckpt_path", str(trained["ckpt"]),
                  "--n_events", "3000", "--batch_size", "1000", "--seed", "5", "--output", str(output)]) == 0
     events = pd.read_parquet(output)
-    assert list(events.columns) == ["met", "mt", "mbb", "mct2", "mlb1", "lep1Pt", "njet30", "nBjet30_MV2c10"]
+    assert list(events.columns) == ["met", "mt", "mbb", "mct2", "mlb1", "lep1Pt", "njet30", "nBjet30_MV2c10",
+                                    "weight"]
     assert len(events) == 3000 and events["njet30"].dtype == np.int32
     assert (events[["met", "mt", "mbb"]] >= 0).all().all() and (events["nBjet30_MV2c10"] >= 0).all()
-    import pyarrow.parquet as pq
-
-    metadata = json.loads(pq.read_schema(output).metadata[b"lit_vae"])
+    metadata = read_events(output)[1]
     assert metadata["seed"] == 5 and metadata["checkpoint"] == str(trained["ckpt"])
     again = tmp_path / "again.parquet"
     main(["generate", *data_args(trained["manifest"]), "--ckpt_path", str(trained["ckpt"]),

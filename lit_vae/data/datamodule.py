@@ -26,7 +26,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_vae.data.io import read_region
-from lit_vae.data.manifest import load_manifest, nearest
+from lit_vae.data.manifest import load_manifest
+from lit_vae.data.physics import Physics
 from lit_vae.data.split import background_train_mask, uniform_from_id
 from lit_vae.data.transforms import FeatureTransform
 from lit_vae.errors import ConfigError, DataError
@@ -78,22 +79,30 @@ class EventDataModule(L.LightningDataModule):
         nan_policy: 'drop' (and warn) or 'raise' on NaN/inf in a feature.
         min_events: warn when train + validation background has fewer events (the thesis's 10^6).
         target_scale: fixed positive scales dividing the likelihood model's physical targets, by feature.
+        derived_features: 'model' (the sources' setup: every training feature is modelled) or 'exact' (the
+            model sees the manifest's basis; derived features are computed exactly at generation).
+        azimuth: 'absolute' (the sources' setup) or 'relative' (angles measured from the manifest's
+            reference angle, which generation draws uniformly).
     """
 
     def __init__(self, manifest: str, region: str, features: list[str] | None = None, batch_size: int = 256,
                  train_fraction: float = 0.6, seed: int = 42, max_events: int | None = None,
                  cache_dir: str | None = ".cache/lit-vae", use_weights: bool = True,
                  nan_policy: Literal["drop", "raise"] = "drop", min_events: int = 1_000_000,
-                 target_scale: dict[str, float] | None = None):
+                 target_scale: dict[str, float] | None = None,
+                 derived_features: Literal["model", "exact"] = "model",
+                 azimuth: Literal["absolute", "relative"] = "absolute"):
         super().__init__()
         self.manifest = load_manifest(manifest)
         self.region = region
         self.manifest.region_cut(region)
-        self.features = list(features) if features else list(self.manifest.features)
-        for name in self.features:
-            if name not in self.manifest.features:
-                raise ConfigError(f"{self.manifest.path}: feature '{name}' is not in the manifest"
-                                  f"{nearest(name, self.manifest.features)}")
+        requested = list(features) if features else list(self.manifest.features)
+        for name in requested:
+            self.manifest.feature(name)
+        self.physics = Physics.from_manifest(self.manifest, region, requested, derived_features, azimuth)
+        self.features = list(self.physics.model_features)  # what the model sees
+        reference = [self.physics.azimuth] if self.physics.azimuth else []
+        self.read_features = [*self.features, *reference]
         if not 0 < train_fraction < 1:
             raise ConfigError(f"train_fraction must lie in (0, 1), got {train_fraction}")
         if batch_size < 1:
@@ -118,7 +127,7 @@ class EventDataModule(L.LightningDataModule):
 
     @property
     def feature_kinds(self) -> list[str]:
-        return [self.manifest.features[name].kind for name in self.features]
+        return [self.physics.kinds[name] for name in self.features]
 
     @property
     def sample_names(self) -> list[str]:
@@ -126,12 +135,13 @@ class EventDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Read (or find cached) the region once, on one process."""
-        read_region(self.manifest, self.region, self.features, nan_policy=self.nan_policy, cache_dir=self.cache_dir)
+        read_region(self.manifest, self.region, self.read_features, nan_policy=self.nan_policy,
+                    cache_dir=self.cache_dir)
 
     def setup(self, stage: str | None = None) -> None:
         if self._parts:
             return
-        table = read_region(self.manifest, self.region, self.features, nan_policy=self.nan_policy,
+        table = read_region(self.manifest, self.region, self.read_features, nan_policy=self.nan_policy,
                             cache_dir=self.cache_dir)
         sample_index = table["sample"].cat.codes.to_numpy().astype(np.int64)  # categories in manifest order
         ids = table["event_id"].to_numpy(dtype=np.uint64)
@@ -140,10 +150,12 @@ class EventDataModule(L.LightningDataModule):
         keep = np.ones(len(table), dtype=bool)
         if self.max_events is not None:
             keep = self._subset(ids, sample_index, ~signal)
-        x = np.column_stack([table[name].to_numpy(dtype=np.float64) for name in self.features])  # a new array
+        modelled = self.physics.to_model({name: table[name].to_numpy(dtype=np.float64) for name in self.read_features})
+        x = np.column_stack([modelled[name] for name in self.features])  # a new array
         weight = table["weight"].to_numpy(dtype=np.float64)
         parts = {"train": keep & ~signal & train, "val": keep & ~signal & ~train}
         parts["test"] = parts["val"] | signal
+        self.physics.cross_section_pb = float(weight[~signal].sum())
         if not parts["train"].any() or not parts["val"].any():
             raise DataError(f"{self.manifest.path}: region '{self.region}' leaves an empty training or validation "
                             f"part ({int(parts['train'].sum())} / {int(parts['val'].sum())} background events)")

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lit_vae.data.manifest import Manifest, check_files_exist, check_inputs
-from lit_vae.data.selection import evaluate_cut
+from lit_vae.data.selection import evaluate, evaluate_cut
 from lit_vae.errors import DataError, OutputError
 
 TREE = "events"
@@ -96,7 +96,7 @@ def read_events(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
         table = pq.read_table(path)
     except Exception as err:
         raise DataError(f"{path}: cannot be read as parquet ({type(err).__name__}); is it truncated?") from None
-    metadata = json.loads((table.schema.metadata or {}).get(b"lit_vae", b"{}"))
+    metadata = json.loads((pq.read_metadata(path).metadata or {}).get(b"lit_vae", b"{}"))
     return {name: table.column(name).to_numpy() for name in table.column_names}, metadata
 
 
@@ -200,8 +200,8 @@ def read_region(manifest: Manifest, region: str, features: list[str], *, nan_pol
                 offset = 0
                 for chunk in _iterate_file(file, sample.tree, branches, step_size, bar):
                     n = len(chunk[branches[0]])
-                    mask = evaluate_cut(cut, chunk)
-                    part = {name: chunk[name][mask] for name in features}
+                    mask = evaluate_cut(cut, chunk, manifest.objects)
+                    part = {name: _column(manifest, name, chunk)[mask] for name in features}
                     part["weight"] = chunk[sample.weight][mask] if sample.weight else np.ones(int(mask.sum()))
                     ids = chunk[manifest.event_id] if manifest.event_id else offset + np.arange(n)
                     part["event_id"] = np.asarray(ids, dtype=np.uint64)[mask]
@@ -221,6 +221,14 @@ def read_region(manifest: Manifest, region: str, features: list[str], *, nan_pol
         with atomic_path(cache_file) as tmp:
             table.to_parquet(tmp, compression="zstd", use_dictionary=False)
     return table
+
+
+def _column(manifest: Manifest, name: str, chunk: dict[str, np.ndarray]) -> np.ndarray:
+    """A feature of a chunk: the stored branch, or its expression evaluated over the chunk."""
+    expression = manifest.feature(name).expression
+    if expression is None:
+        return chunk[name]
+    return np.asarray(evaluate(expression, chunk, manifest.objects), dtype=np.float64)
 
 
 def _with_sample_categories(table, manifest: Manifest):
@@ -255,6 +263,7 @@ class EventWriter:
     """Append column batches to a .parquet file or a ROOT `events` tree, atomically.
 
     Use as a context manager: the file appears under its name only when the block ends without error.
+    The metadata is written when the block ends, so it may be completed while writing (`metadata.update`).
     """
 
     def __init__(self, path: str | os.PathLike, metadata: Mapping):
@@ -277,20 +286,23 @@ class EventWriter:
 
             table = pa.table({name: np.asarray(values) for name, values in columns.items()})
             if self._writer is None:
-                schema = table.schema.with_metadata({b"lit_vae": json.dumps(self.metadata, default=_json_default)})
-                self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd", use_dictionary=False)
+                self._writer = pq.ParquetWriter(self._tmp, table.schema, compression="zstd", use_dictionary=False)
             self._writer.write_table(table.cast(self._writer.schema))
         else:
             import uproot
 
             if self._writer is None:
                 self._writer = uproot.recreate(self._tmp, compression=uproot.ZSTD(5))
-                self._writer[METADATA_KEY] = json.dumps(self.metadata, sort_keys=True, default=_json_default)
                 self._writer.mktree(TREE, {name: np.asarray(v).dtype for name, v in columns.items()})
             self._writer[TREE].extend({name: np.ascontiguousarray(v) for name, v in columns.items()})
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self._writer is not None:
+            text = json.dumps(self.metadata, sort_keys=True, default=_json_default)
+            if self.path.suffix == ".parquet":
+                self._writer.add_key_value_metadata({"lit_vae": text})
+            else:
+                self._writer[METADATA_KEY] = text
             self._writer.close()
         elif exc_type is None:  # nothing was appended: an error, and no file
             exc_type, exc = DataError, DataError(f"{self.path}: no events to write")

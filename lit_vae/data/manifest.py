@@ -11,20 +11,21 @@ from __future__ import annotations
 import difflib
 import glob
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from lit_vae.data.selection import cut_branches
+from lit_vae.data.selection import OBJECT_FIELDS, cut_branches, expression_names, parse_cut
 from lit_vae.errors import ConfigError, DataError
 
 KINDS = ("positive", "real", "angle", "count")
 ROLES = ("background", "signal")
-TOP_KEYS = {"tree": str, "event_id": str, "samples": dict, "features": dict, "regions": dict}
+TOP_KEYS = {"tree": str, "event_id": str, "samples": dict, "features": dict, "regions": dict, "auxiliary": dict,
+            "objects": dict, "derived": dict, "basis": list, "azimuth": str, "preselection": str}
 SAMPLE_KEYS = {"files": list, "role": str, "weight": str, "cross_section_pb": (int, float), "tree": str}
-FEATURE_KEYS = {"kind": str, "unit": str}
+FEATURE_KEYS = {"kind": str, "unit": str, "expression": str}
 
 
 def nearest(name: str, valid) -> str:
@@ -38,6 +39,7 @@ class Feature:
     name: str
     kind: str  # positive | real | angle | count
     unit: str | None = None
+    expression: str | None = None  # computed from stored branches (auxiliary) or from other features (derived)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,20 @@ class Manifest:
     regions: dict[str, str]
     event_id: str | None
     content_hash: str  # sha256 of the manifest text
+    auxiliary: dict[str, Feature] = field(default_factory=dict)  # read, but not default training features
+    objects: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> pt, eta, phi, mass expressions
+    derived: dict[str, Feature] = field(default_factory=dict)  # exact functions of other features
+    basis: tuple[str, ...] = ()  # what a generator models when derived features are computed
+    azimuth: str | None = None  # the reference angle of `azimuth: relative`
+    preselection: str | None = None  # the object selection every event passes (bounds of generated events)
+
+    def feature(self, name: str) -> Feature:
+        """A training, auxiliary or derived feature by name."""
+        for table in (self.features, self.auxiliary, self.derived):
+            if name in table:
+                return table[name]
+        known = {**self.features, **self.auxiliary, **self.derived}
+        raise ConfigError(f"{self.path}: feature '{name}' is not in the manifest{nearest(name, known)}")
 
     def region_cut(self, region: str) -> str:
         if region not in self.regions:
@@ -70,9 +86,16 @@ class Manifest:
                               f"valid regions: {', '.join(self.regions)}")
         return self.regions[region]
 
+    def stored(self, name: str) -> set[str]:
+        """The branches a feature is read or computed from."""
+        feature = self.feature(name)
+        return expression_names(feature.expression, self.objects) if feature.expression else {name}
+
     def branches(self, region: str, features: list[str], sample: Sample) -> list[str]:
         """Every branch needed to select region and read features, weight and event id of sample."""
-        needed = [*features, *sorted(cut_branches(self.region_cut(region)) - set(features))]
+        read = [n for n in features if not self.feature(n).expression]
+        computed = set().union(*(self.stored(n) for n in features), cut_branches(self.region_cut(region), self.objects))
+        needed = [*read, *sorted(computed - set(read))]
         for extra in (sample.weight, self.event_id):
             if extra and extra not in needed:
                 needed.append(extra)
@@ -124,28 +147,114 @@ def load_manifest(path: str | Path) -> Manifest:
     if not samples:
         raise ConfigError(f"{path}: samples is empty")
 
-    features = {}
-    for name, spec in raw["features"].items():
-        spec = {"kind": spec} if isinstance(spec, str) else spec
-        where = f"{path}: features.{name}"
-        if not isinstance(spec, dict):
-            raise ConfigError(f"{where}: give a kind ({', '.join(KINDS)}) or a mapping with 'kind' and 'unit'")
-        _check_keys(where, spec, FEATURE_KEYS, {"kind"})
-        if spec["kind"] not in KINDS:
-            raise ConfigError(f"{where}.kind: '{spec['kind']}' is not one of {', '.join(KINDS)}"
-                              f"{nearest(spec['kind'], KINDS)}")
-        features[name] = Feature(name, spec["kind"], spec.get("unit"))
+    features = _features(path, raw["features"], "features")
+    auxiliary = _features(path, raw.get("auxiliary", {}), "auxiliary")
+    objects = _objects(path, raw.get("objects", {}))
+    derived = _derived(path, raw.get("derived", {}), {**features, **auxiliary}, objects)
 
     regions = {}
     for name, cut in raw["regions"].items():
         if not isinstance(cut, str):
             raise ConfigError(f"{path}: regions.{name} must be a cut expression string")
         try:
-            cut_branches(cut)
+            cut_branches(cut, objects)
         except ConfigError as err:
             raise ConfigError(f"{path}: regions.{name}: {err}") from None
         regions[str(name)] = cut
-    return Manifest(path, samples, features, regions, raw.get("event_id"), hashlib.sha256(text.encode()).hexdigest())
+    manifest = Manifest(path, samples, features, regions, raw.get("event_id"), hashlib.sha256(text.encode()).hexdigest(),
+                        auxiliary, objects, derived, tuple(raw.get("basis", ())), raw.get("azimuth"),
+                        raw.get("preselection"))
+    _check_physics(manifest)
+    return manifest
+
+
+def _features(path: Path, raw: dict, key: str) -> dict[str, Feature]:
+    features = {}
+    for name, spec in raw.items():
+        spec = {"kind": spec} if isinstance(spec, str) else spec
+        where = f"{path}: {key}.{name}"
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: give a kind ({', '.join(KINDS)}) or a mapping with 'kind' and 'unit'")
+        _check_keys(where, spec, FEATURE_KEYS, {"kind"})
+        if spec["kind"] not in KINDS:
+            raise ConfigError(f"{where}.kind: '{spec['kind']}' is not one of {', '.join(KINDS)}"
+                              f"{nearest(spec['kind'], KINDS)}")
+        if "expression" in spec:
+            _parse(where, spec["expression"])
+        features[name] = Feature(name, spec["kind"], spec.get("unit"), spec.get("expression"))
+    return features
+
+
+def _parse(where: str, expression, objects=frozenset()) -> None:
+    try:
+        parse_cut(expression, set(objects))
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _objects(path: Path, raw: dict) -> dict[str, dict[str, str]]:
+    """Physics objects: pt, eta, phi and mass, each a column name, an expression or a number."""
+    objects = {}
+    for name, spec in raw.items():
+        where = f"{path}: objects.{name}"
+        if not isinstance(spec, dict) or set(spec) != set(OBJECT_FIELDS):
+            raise ConfigError(f"{where}: give exactly the keys {', '.join(OBJECT_FIELDS)} (column names, "
+                              "expressions or numbers), e.g. {pt: l1_pt, eta: l1_eta, phi: l1_phi, mass: 0}")
+        for key, value in spec.items():
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                raise ConfigError(f"{where}.{key}: must be a column name, an expression or a number")
+            _parse(f"{where}.{key}", str(value))
+        objects[str(name)] = {k: str(v) for k, v in spec.items()}
+    return objects
+
+
+def _derived(path: Path, raw: dict, known: dict[str, Feature], objects: dict) -> dict[str, Feature]:
+    """Derived features: an expression, or a mapping with expression, kind and unit (kind and unit default
+    to those of the declared feature of the same name)."""
+    derived = {}
+    for name, spec in raw.items():
+        where = f"{path}: derived.{name}"
+        spec = {"expression": spec} if isinstance(spec, str) else spec
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: give an expression or a mapping with 'expression', 'kind' and 'unit'")
+        _check_keys(where, spec, FEATURE_KEYS, {"expression"})
+        _parse(where, spec["expression"], objects)
+        base = known.get(name)
+        kind = spec.get("kind") or (base.kind if base else None)
+        if kind not in KINDS:
+            raise ConfigError(f"{where}: needs a kind ({', '.join(KINDS)}): it is not a declared feature")
+        derived[str(name)] = Feature(str(name), kind, spec.get("unit") or (base.unit if base else None),
+                                     spec["expression"])
+    return derived
+
+
+def _check_physics(manifest: Manifest) -> None:
+    """The basis is made of declared features, and every feature is in it or derived from it."""
+    where, declared = str(manifest.path), {**manifest.features, **manifest.auxiliary}
+    if not manifest.basis:
+        for key in ("derived", "azimuth"):
+            if getattr(manifest, key):
+                raise ConfigError(f"{where}: '{key}' needs a 'basis' (the features a generator models)")
+        return
+    for name in manifest.basis:
+        if name not in declared:
+            raise ConfigError(f"{where}: basis feature '{name}' is not declared in features or auxiliary"
+                              f"{nearest(name, declared)}")
+    available = set(manifest.basis)
+    for name, feature in manifest.derived.items():
+        missing = expression_names(feature.expression, manifest.objects) - available
+        if missing:
+            raise ConfigError(f"{where}: derived.{name} reads {sorted(missing)}, which are neither basis features "
+                              "nor derived before it")
+        available.add(name)
+    for name in manifest.features:
+        if name not in available:
+            raise ConfigError(f"{where}: feature '{name}' is neither in the basis nor derived from it")
+    if manifest.azimuth and manifest.azimuth not in manifest.basis:
+        raise ConfigError(f"{where}: azimuth '{manifest.azimuth}' must be a basis feature (the reference angle)")
+    for key in ("preselection",):
+        if getattr(manifest, key):
+            _parse(f"{where}: {key}", getattr(manifest, key), manifest.objects)
 
 
 def check_files_exist(manifest: Manifest) -> None:
@@ -162,9 +271,7 @@ def check_inputs(manifest: Manifest, region: str, features: list[str]) -> None:
 
     check_files_exist(manifest)
     for name in features:
-        if name not in manifest.features:
-            raise ConfigError(f"{manifest.path}: feature '{name}' is not in the manifest"
-                              f"{nearest(name, manifest.features)}")
+        manifest.feature(name)
     for sample in manifest.samples.values():
         needed = manifest.branches(region, features, sample)
         for file in sample.files:

@@ -52,6 +52,7 @@ class BaseVAE(L.LightningModule):
         self.transform = FeatureTransform(self.feature_kinds)
         self.manifest_hash = ""
         self.data_split: dict = {}  # manifest, region, seed, train_fraction: which events were held out
+        self.physics: dict = {}  # the DataModule's Physics state: how generated events are completed
         self.val_means = torch.nn.ModuleDict({k: MeanMetric() for k in VAL_METRICS})
         self.test_means = torch.nn.ModuleDict({k: MeanMetric() for k in ("background", "signal")})
         self.train_means: dict[str, MeanMetric] = {}
@@ -67,17 +68,20 @@ class BaseVAE(L.LightningModule):
             self.manifest_hash = datamodule.manifest.content_hash
             self.data_split = {"manifest": str(datamodule.manifest.path), "region": datamodule.region,
                                "seed": datamodule.seed, "train_fraction": datamodule.train_fraction}
+            self.physics = datamodule.physics.state()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["lit_vae"] = {
             "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
             "feature_names": self.feature_names, "feature_kinds": self.feature_kinds,
             "manifest_hash": self.manifest_hash, "transform": self.transform.state(), "data_split": self.data_split,
+            "physics": self.physics,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.manifest_hash = checkpoint.get("lit_vae", {}).get("manifest_hash", "")
         self.data_split = checkpoint.get("lit_vae", {}).get("data_split", {})
+        self.physics = checkpoint.get("lit_vae", {}).get("physics", {})
 
     # --- the model's own parts --------------------------------------------------------------------------
     def losses(self, batch: dict, deterministic: bool = False) -> dict[str, torch.Tensor]:

@@ -84,7 +84,7 @@ def edit(path, change) -> None:
      "features.met.kind: 'positiv' is not one of positive, real, angle, count (did you mean 'positive'?)"),
     (lambda m: m["samples"]["ttbar"].update(files="ttbar.root"), ConfigError, "key 'files' must be a list"),
     (lambda m: m["regions"].update(bad="met > 220 && __import__('os').system('touch pwned')"), ConfigError,
-     "regions.bad: cut"),
+     "regions.bad: expression"),
 ])
 def test_bad_manifests_name_the_key(wh1lbb_manifest, change, error, message):
     edit(wh1lbb_manifest, change)
