@@ -93,6 +93,11 @@ class FeatureTransform(nn.Module):
         scale = torch.where(self._is("count"), torch.ones_like(self.target_scale), self.target_scale)
         return (x.to(torch.float64) / scale).to(torch.float32)
 
+    def physical(self, targets: torch.Tensor) -> torch.Tensor:
+        """The inverse of `targets`: x = target * target_scale, counts untouched."""
+        scale = torch.where(self._is("count"), torch.ones_like(self.target_scale), self.target_scale)
+        return (targets.to(torch.float64) * scale).to(torch.float32)
+
     def state(self) -> dict:
         """Plain-data state (lists of numbers and kind names), e.g. for metadata."""
         return {"kinds": self.kinds, **{k: getattr(self, k).tolist() for k in

@@ -1,7 +1,9 @@
 """What every lit-vae model shares: hyper-parameters as init args, the fitted transform carried in the
 checkpoint, event-weighted losses, the common metric names, and `sample` / `score`.
 
-Subclasses implement `losses(batch)` (per-event `loss`, `elbo`, `recon`, `kl`) and `sample_physical(n)`.
+A model is an encoder, a latent prior (`prior: normal | learnable | flow`, models/priors.py) and a decoder
+head (`decoder: mse | likelihood | flow`, models/components.py); VAE, VAE+D and the likelihood VAE are
+presets of these parts with the sources' choices as defaults.
 Metrics: train/loss, val/loss (the objective, default monitor), val/elbo (beta = 1), val/recon, val/kl;
 generators add val/w1_mean (mean 1-D Wasserstein-1 of generated vs validation events, standardised).
 """
@@ -9,6 +11,7 @@ generators add val/w1_mean (mean 1-D Wasserstein-1 of generated vs validation ev
 from __future__ import annotations
 
 import importlib
+from typing import Literal
 
 import lightning as L
 import numpy as np
@@ -19,7 +22,8 @@ from torchmetrics import MeanMetric
 
 from lit_vae.data.transforms import FeatureTransform
 from lit_vae.errors import ConfigError
-from lit_vae.models.components import check_plausible, hidden_sizes
+from lit_vae.models.components import GaussianEncoder, build_decoder, check_plausible, hidden_sizes, reparameterise
+from lit_vae.models.priors import build_prior
 
 VAL_METRICS = ("loss", "elbo", "recon", "kl")
 
@@ -34,7 +38,10 @@ class BaseVAE(L.LightningModule):
                  n_nodes: int = 64, hidden: list[int] | None = None, activation: str = "relu",
                  learning_rate: float = 1e-3, beta: float = 1.0, use_weights: bool = True,
                  optimizer: OptimizerCallable = torch.optim.Adam, lr_scheduler: LRSchedulerCallable | None = None,
-                 w1_events: int = 10_000):
+                 w1_events: int = 10_000, decoder: Literal["mse", "likelihood", "flow"] = "mse",
+                 prior: Literal["normal", "learnable", "flow"] = "normal", kl_form: Literal["true", "paper"] = "true",
+                 heads: dict[str, str] | None = None, feature_weights: dict[str, float] | None = None,
+                 flow_transforms: int = 5, flow_hidden: int = 128):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.feature_kinds = list(feature_kinds or ["real"] * n_features)
@@ -50,6 +57,11 @@ class BaseVAE(L.LightningModule):
         self.learning_rate, self.beta, self.use_weights, self.w1_events = learning_rate, beta, use_weights, w1_events
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.transform = FeatureTransform(self.feature_kinds)
+        self.kl_form = kl_form
+        self.encoder = GaussianEncoder(n_features, self.sizes, latent_dim, activation)
+        self.decoder = build_decoder(decoder, latent_dim, self.sizes, self.feature_names, self.feature_kinds,
+                                     activation, heads, feature_weights, flow_transforms, flow_hidden)
+        self.prior = build_prior(prior, latent_dim, kl_form)
         self.manifest_hash = ""
         self.data_split: dict = {}  # manifest, region, seed, train_fraction: which events were held out
         self.physics: dict = {}  # the DataModule's Physics state: how generated events are completed
@@ -59,7 +71,8 @@ class BaseVAE(L.LightningModule):
         self._val_x: list[torch.Tensor] = []
 
     # --- data the model carries ---------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
+    def _setup_data(self, stage: str) -> None:
+        """Take the fitted transform, the data split and the physics from the DataModule (fit only)."""
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and getattr(datamodule, "transform", None) is None and stage == "fit":
             datamodule.setup(stage)
@@ -83,15 +96,35 @@ class BaseVAE(L.LightningModule):
         self.data_split = checkpoint.get("lit_vae", {}).get("data_split", {})
         self.physics = checkpoint.get("lit_vae", {}).get("physics", {})
 
-    # --- the model's own parts --------------------------------------------------------------------------
+    # --- the model's parts ---------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        self._setup_data(stage)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if stage == "fit" and datamodule is not None and hasattr(self.decoder, "initialise_output_bias"):
+            self.decoder.initialise_output_bias(datamodule.part("train")["target"])
+
+    def encode(self, x: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, ...]:
+        """(z, mu, log sigma); z is mu itself when deterministic."""
+        mu, log_sigma = self.encoder(x)
+        return (mu if deterministic else reparameterise(mu, log_sigma)), mu, log_sigma
+
+    def terms(self, batch: dict, deterministic: bool = False) -> dict[str, torch.Tensor]:
+        """The decoder's per-feature, recon and nll terms and the prior's KL, per event."""
+        z, mu, log_sigma = self.encode(batch["x"], deterministic)
+        return {**self.decoder.terms(z, batch, self.transform), "kl": self.prior.kl(mu, log_sigma, z)}
+
     def losses(self, batch: dict, deterministic: bool = False) -> dict[str, torch.Tensor]:
         """Per-event loss (the objective), elbo (beta = 1), recon and kl; deterministic decodes the
         posterior mean instead of a sample of it."""
-        raise NotImplementedError
+        t = self.terms(batch, deterministic)
+        return {"loss": t["recon"] + self.beta * t["kl"], "elbo": t["nll"] + t["kl"], "recon": t["recon"],
+                "kl": t["kl"]}
 
     def sample_physical(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n generated events in physical units (events, features)."""
-        raise NotImplementedError
+        """n generated events in physical units (events, features): z from the prior, decoded by the head
+        (sampled for likelihood and flow heads, the mean for the MSE head)."""
+        z = self.prior.sample(n, generator)
+        return self.decoder.sample(z, self.transform, generator)
 
     # --- shared behaviour -------------------------------------------------------------------------------
     def weighted_mean(self, values: torch.Tensor, batch: dict) -> torch.Tensor:

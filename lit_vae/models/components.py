@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lit_vae.data.transforms import KIND_CODE
 from lit_vae.errors import ConfigError, ImplausibleArchitecture
+from lit_vae.models.distributions import CLIP_THRESHOLD, DEFAULT_HEAD, HEADS
 
 ACTIVATIONS = {
     "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "selu": nn.SELU, "gelu": nn.GELU,
@@ -79,3 +81,117 @@ class Discriminator(nn.Module):
 def reparameterise(mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
     """z = mu + sigma * eps, differentiable in mu and sigma."""
     return mu + torch.exp(log_sigma) * torch.randn_like(mu)
+
+
+# --- Decoder heads: what a decoder predicts, its reconstruction term, and how it generates -------------
+# Every head has terms(z, batch, transform) -> {"per_feature", "recon" (the weighted training term),
+# "nll" (unweighted, for the ELBO)} per event, and sample(z, transform, generator) -> physical events.
+DECODERS = ("mse", "likelihood", "flow")
+
+
+class MSEHead(Decoder):
+    """The paper's decoder: z -> the transformed features; squared error, generation decodes the mean."""
+
+    def __init__(self, latent_dim: int, hidden: list[int], n_features: int, activation: str = "relu"):
+        super().__init__(latent_dim, hidden, n_features, activation)
+
+    def terms(self, z: torch.Tensor, batch: dict, transform) -> dict[str, torch.Tensor]:
+        error = (self(z) - batch["x"]) ** 2
+        return {"per_feature": error, "recon": error.mean(dim=-1), "nll": error.mean(dim=-1)}
+
+    def sample(self, z: torch.Tensor, transform, generator: torch.Generator | None = None) -> torch.Tensor:
+        return transform.inverse(self(z))
+
+
+class DensityHead(Decoder):
+    """Per-feature densities of the physical values (the thesis's likelihood decoder): clipped log-normal
+    for positive features, truncated discrete Gaussian for counts, von Mises for angles, Gaussian for
+    reals (overridable per feature through `heads`); generation samples them."""
+
+    def __init__(self, latent_dim: int, hidden: list[int], names: list[str], kinds: list[str],
+                 activation: str = "relu", heads: dict[str, str] | None = None,
+                 feature_weights: dict[str, float] | None = None):
+        heads, feature_weights = heads or {}, feature_weights or {}
+        for name in {*heads, *feature_weights} - set(names):
+            raise ConfigError(f"heads/feature_weights name '{name}', which is not a feature: {names}")
+        for name, head in heads.items():
+            if head not in HEADS:
+                raise ConfigError(f"heads.{name}: unknown head '{head}'; one of {', '.join(HEADS)}")
+        head_names = [heads.get(n, DEFAULT_HEAD[k]) for n, k in zip(names, kinds, strict=True)]
+        n_params = [HEADS[h].n_params for h in head_names]
+        super().__init__(latent_dim, hidden, sum(n_params), activation)
+        self.head_names, self.n_params = head_names, n_params
+        self.register_buffer("feature_weight", torch.tensor([float(feature_weights.get(n, 1.0)) for n in names]))
+
+    def raw_parameters(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """The raw outputs split per feature, (events, n_params) each."""
+        return list(self(z).split(self.n_params, dim=-1))
+
+    def terms(self, z: torch.Tensor, batch: dict, transform) -> dict[str, torch.Tensor]:
+        raw, target = self.raw_parameters(z), batch["target"]
+        nll = torch.stack([-HEADS[h].log_prob(target[:, j], raw[j]) for j, h in enumerate(self.head_names)], dim=-1)
+        return {"per_feature": nll, "recon": (nll * self.feature_weight).sum(dim=-1), "nll": nll.sum(dim=-1)}
+
+    def sample(self, z: torch.Tensor, transform, generator: torch.Generator | None = None) -> torch.Tensor:
+        raw = self.raw_parameters(z)
+        targets = torch.stack([HEADS[h].sample(raw[j], generator) for j, h in enumerate(self.head_names)], dim=-1)
+        return transform.physical(targets)
+
+    @torch.no_grad()
+    def initialise_output_bias(self, targets: torch.Tensor) -> None:
+        """Start each head at the training marginal (log-mean/log-std, mean/std, fraction below the clip),
+        so that training begins near the data instead of O(100) nats away; a restored checkpoint
+        overrides it."""
+        bias = self.net[-1].bias
+        offsets = [0, *torch.tensor(self.n_params).cumsum(0).tolist()]
+        inverse_softplus = lambda s: torch.log(torch.expm1(torch.clamp(s, min=1e-2)))  # noqa: E731
+        for j, head in enumerate(self.head_names):
+            x, start = targets[:, j].double(), offsets[j]
+            if head == "clipped_lognormal":
+                above = x[x >= CLIP_THRESHOLD]
+                fraction = ((x < CLIP_THRESHOLD).double().mean()).clamp(1e-3, 1 - 1e-3)
+                log_x = torch.log(above) if len(above) else torch.zeros(1, dtype=x.dtype)
+                values = [torch.logit(fraction), log_x.mean(), inverse_softplus(log_x.std())]
+            elif head in ("gaussian", "discrete_gaussian"):
+                values = [x.mean(), inverse_softplus(x.std())]
+            else:
+                continue
+            bias[start:start + len(values)] = torch.stack(values).to(bias.dtype)
+
+
+class FlowHead(nn.Module):
+    """A conditional neural-spline flow p(x | z) over the transformed features (zuko): the decoder models
+    the features jointly instead of independently. Counts are dequantised with uniform noise of one unit
+    (the transform's inverse rounds them back); generation pushes seeded base noise through the flow."""
+
+    def __init__(self, latent_dim: int, n_features: int, transforms: int = 5, hidden: int = 128, bins: int = 12):
+        super().__init__()
+        import zuko
+
+        self.n_features = n_features
+        self.flow = zuko.flows.NSF(n_features, context=latent_dim, transforms=transforms,
+                                   hidden_features=[hidden, hidden], bins=bins)
+
+    def terms(self, z: torch.Tensor, batch: dict, transform) -> dict[str, torch.Tensor]:
+        x = batch["x"]
+        if self.training:
+            is_count = (transform.kind == KIND_CODE["count"]).to(x.dtype)
+            x = x + is_count * (torch.rand_like(x) - 0.5) / transform.std.to(x.dtype)
+        nll = -self.flow(z).log_prob(x)
+        return {"per_feature": nll[:, None], "recon": nll, "nll": nll}
+
+    def sample(self, z: torch.Tensor, transform, generator: torch.Generator | None = None) -> torch.Tensor:
+        eps = torch.randn(len(z), self.n_features, generator=generator, device=z.device)
+        return transform.inverse(self.flow(z).transform.inv(eps))
+
+
+def build_decoder(kind: str, latent_dim: int, hidden: list[int], names: list[str], kinds: list[str],
+                  activation: str, heads: dict[str, str] | None, feature_weights: dict[str, float] | None,
+                  flow_transforms: int = 5, flow_hidden: int = 128) -> nn.Module:
+    if kind == "mse":
+        return MSEHead(latent_dim, hidden, len(names), activation)
+    if kind == "likelihood":
+        return DensityHead(latent_dim, hidden, names, kinds, activation, heads, feature_weights)
+    if kind == "flow":
+        return FlowHead(latent_dim, len(names), flow_transforms, flow_hidden)
+    raise ConfigError(f"decoder: '{kind}' is not one of {', '.join(DECODERS)}")

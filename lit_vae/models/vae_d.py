@@ -5,7 +5,9 @@ Per batch, in this order:
 1. discriminator: L_disc = BCE(D(X), 1) + BCE(D(X'), 0) + BCE(D(G), 0), on X and on the detached
    reconstruction X' and decoding G of z ~ N(0, 1);
 2. decoder: L_dec = gamma * L_R - L_disc (the decoder tries to fool the updated discriminator);
-3. encoder: L_enc = beta * L_KL + gamma * L_R.
+   `adversarial_loss: paper` (default). This is the saturating form: once the discriminator is confident
+   its gradient vanishes. `non_saturating` uses gamma * L_R + BCE(D(X'), 1) + BCE(D(G), 1) instead;
+3. encoder: L_enc = beta * L_KL + gamma * L_R (the prior's parameters, if it has any, train with the encoder).
 Each loss reaches only its own network's parameters (`toggle_optimizer`). gamma plays beta's role on the
 reconstruction term (Table 1's "Variational Beta" row for VAE+D); beta on the KL stays, default 1.
 Only the encoder step counts as a Lightning step, so `global_step`, `max_steps` and step-based
@@ -14,13 +16,14 @@ checkpointing count batches, as for the other models.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from lightning.pytorch.strategies import DDPStrategy
 from torch.nn import functional as F
 
 from lit_vae.errors import ConfigError
 from lit_vae.models.components import Discriminator, reparameterise
-from lit_vae.models.distributions import kl_standard_normal
 from lit_vae.models.vae import VAE
 
 
@@ -28,8 +31,16 @@ class VAED(VAE):
     """VAE + discriminator with three optimisers; see the module docstring for the step order."""
 
     def __init__(self, n_features: int, gamma: float = 1.0, gradient_clip_val: float | None = None,
-                 discriminator_activation: str = "leaky_relu", **kwargs):
+                 discriminator_activation: str = "leaky_relu",
+                 adversarial_loss: Literal["paper", "non_saturating"] = "paper", **kwargs):
         super().__init__(n_features=n_features, **kwargs)
+        if kwargs.get("decoder", "mse") != "mse":
+            raise ConfigError("VAED's discriminator compares decoded events with real ones in the transformed space: "
+                              "it takes decoder: mse (a sampled head would need a relaxed sample); use VAE or "
+                              "LikelihoodVAE for decoder: likelihood | flow")
+        if adversarial_loss not in ("paper", "non_saturating"):
+            raise ConfigError(f"adversarial_loss must be 'paper' or 'non_saturating', got '{adversarial_loss}'")
+        self.adversarial_loss = adversarial_loss
         self.automatic_optimization = False
         self.gamma, self.gradient_clip_val = gamma, gradient_clip_val
         self.discriminator = Discriminator(n_features, self.sizes, discriminator_activation)
@@ -39,13 +50,20 @@ class VAED(VAE):
         parts["loss"] = self.gamma * parts["recon"] + self.beta * parts["kl"]
         return parts
 
-    def discriminator_loss(self, x, reconstruction, generated, batch) -> torch.Tensor:
-        def bce(logits, target):
-            per_event = F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target), reduction="none")
-            return self.weighted_mean(per_event, batch)
+    def bce(self, logits: torch.Tensor, target: float, batch: dict) -> torch.Tensor:
+        per_event = F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target), reduction="none")
+        return self.weighted_mean(per_event, batch)
 
+    def discriminator_loss(self, x, reconstruction, generated, batch) -> torch.Tensor:
         d = self.discriminator
-        return bce(d(x), 1.0) + bce(d(reconstruction), 0.0) + bce(d(generated), 0.0)
+        return self.bce(d(x), 1.0, batch) + self.bce(d(reconstruction), 0.0, batch) + self.bce(d(generated), 0.0, batch)
+
+    def adversarial_term(self, x, reconstruction, generated, batch) -> torch.Tensor:
+        """What the decoder adds to gamma * L_R: -L_disc (paper) or BCE(D(X'), 1) + BCE(D(G), 1)."""
+        if self.adversarial_loss == "paper":
+            return -self.discriminator_loss(x, reconstruction, generated, batch)
+        d = self.discriminator
+        return self.bce(d(reconstruction), 1.0, batch) + self.bce(d(generated), 1.0, batch)
 
     def on_fit_start(self) -> None:
         if "mixed" in str(self.trainer.precision):
@@ -76,7 +94,7 @@ class VAED(VAE):
         x = batch["x"]
         with torch.no_grad():
             z = reparameterise(*self.encoder(x))
-        z_prior = torch.randn_like(z)
+            z_prior = self.prior.sample(len(x))
 
         def discriminator_step():
             with torch.no_grad():
@@ -85,14 +103,13 @@ class VAED(VAE):
 
         def decoder_step():
             reconstruction, generated = self.decoder(z), self.decoder(z_prior)
-            recon = self.weighted_mean(self.mse(reconstruction, x), batch)
-            return self.gamma * recon - self.discriminator_loss(x, reconstruction, generated, batch)
+            recon = self.weighted_mean(self.decoder.terms(z, batch, self.transform)["recon"], batch)
+            return self.gamma * recon + self.adversarial_term(x, reconstruction, generated, batch)
 
         def encoder_step():
-            z_new, mu, log_sigma = self.encode(x)
-            recon = self.weighted_mean(self.mse(self.decoder(z_new), x), batch)
-            kl = self.weighted_mean(kl_standard_normal(mu, log_sigma, self.kl_form), batch)
-            return self.beta * kl + self.gamma * recon
+            parts = self.terms(batch)
+            return self.beta * self.weighted_mean(parts["kl"], batch) + self.gamma * self.weighted_mean(
+                parts["recon"], batch)
 
         l_disc = self._step(opt_discriminator, discriminator_step, counted=False)
         l_dec = self._step(opt_decoder, decoder_step, counted=False)
@@ -113,8 +130,10 @@ class VAED(VAE):
 
     def configure_optimizers(self):
         optimizers = []
-        for network in (self.encoder, self.decoder, self.discriminator):
-            optimizer = self.optimizer_factory(network.parameters())
+        groups = ([*self.encoder.parameters(), *self.prior.parameters()], self.decoder.parameters(),
+                  self.discriminator.parameters())
+        for parameters in groups:
+            optimizer = self.optimizer_factory(parameters)
             for group in optimizer.param_groups:
                 group["lr"] = self.learning_rate
             optimizers.append(optimizer)

@@ -53,10 +53,10 @@ def test_likelihood_vae_nll_by_hand_with_scipy(wh1lbb_datamodule):
     parts = model.losses(batch)
     torch.manual_seed(1)
     mu, log_sigma = model.encoder(batch["x"])
-    raw = model.raw_parameters(mu + log_sigma.exp() * torch.randn_like(mu))
+    raw = model.decoder.raw_parameters(mu + log_sigma.exp() * torch.randn_like(mu))
     target = batch["target"].double().numpy()
     nll = np.zeros_like(target)
-    for j, head in enumerate(model.head_names):
+    for j, head in enumerate(model.decoder.head_names):
         p = [t.detach().double().numpy() for t in model_head_params(head, raw[j])]
         if head == "clipped_lognormal":  # every target here is far above the clip threshold
             nll[:, j] = -(np.log1p(-p[0]) + stats.lognorm.logpdf(target[:, j], s=p[2], scale=np.exp(p[1])))
@@ -70,7 +70,7 @@ def test_likelihood_vae_nll_by_hand_with_scipy(wh1lbb_datamodule):
     np.testing.assert_allclose(parts["kl"].detach().numpy(), kl, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(parts["loss"].detach().numpy(), (nll * weights).sum(1) + 0.5 * kl, rtol=1e-4)
     np.testing.assert_allclose(parts["elbo"].detach().numpy(), nll.sum(1) + kl, rtol=1e-4)
-    assert model.head_names == ["clipped_lognormal"] * 6 + ["discrete_gaussian"] * 2
+    assert model.decoder.head_names == ["clipped_lognormal"] * 6 + ["discrete_gaussian"] * 2
 
 
 def model_head_params(head: str, raw: torch.Tensor):
