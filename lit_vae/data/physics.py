@@ -72,7 +72,8 @@ class Physics:
                               "feature; add it to the features")
         derived = {n: f.expression for n, f in manifest.derived.items()
                    if n not in modelled or derived_features == "exact"}
-        outputs = [*features, *[n for n in manifest.derived if n not in features]]
+        outputs = [*features, *[n for n in modelled if n not in features],
+                   *[n for n in manifest.derived if n not in features and n not in modelled]]
         names = {*modelled, *outputs}
         return cls(
             model_features=[n for n in modelled if n != reference],

@@ -237,6 +237,38 @@ def zgamma_consistency(columns: dict[str, np.ndarray], tolerance: float = 0.05) 
     return {"metrics": out, "residuals": residuals}
 
 
+def physics_consistency(physics, columns: dict[str, np.ndarray], tolerance: float = 1e-4) -> dict:
+    """The manifest's declarations checked on (generated) columns: every derived feature recomputed from
+    the others (fraction of events beyond tolerance, relative; absolute for angles and counts), every
+    declared bound (preselection clause) and the region's cut. impossible_frac counts events that breach
+    any bound, outside_region_frac those outside the region's cut; inconsistent_frac those with any
+    relation off. Relations and bounds whose columns the file lacks are left out (and not listed)."""
+    residuals = physics.consistency(columns)
+    n = len(next(iter(columns.values())))
+    off = np.zeros(n, dtype=bool)
+    out = {}
+    for name, r in residuals.items():
+        beyond = ~(np.abs(r) <= tolerance)
+        off |= beyond
+        out[f"{name}_frac_inconsistent"] = float(beyond.mean())
+    masks = physics.bound_masks(columns)
+    region = {k: v for k, v in masks.items() if k.startswith("region: ")}
+    bounds = {k: v for k, v in masks.items() if not k.startswith("region: ")}
+    impossible = np.logical_or.reduce([np.zeros(n, dtype=bool), *(~v for v in bounds.values())])
+    outside = np.logical_or.reduce([np.zeros(n, dtype=bool), *(~v for v in region.values())])
+    out.update({"inconsistent_frac": float(off.mean()) if residuals else float("nan"),
+                "impossible_frac": float(impossible.mean()), "outside_region_frac": float(outside.mean()),
+                "n_relations_checked": len(residuals), "n_bounds_checked": len(bounds)})
+    out.update({f"breach: {k}": float((~v).mean()) for k, v in bounds.items()})
+    return {"metrics": out, "residuals": residuals}
+
+
+def peak(values: np.ndarray) -> tuple[float, float]:
+    """A mass peak's position and width: the median and the half-width of the 16-84 % interval."""
+    lo, mid, hi = np.percentile(np.asarray(values, dtype=np.float64), [16, 50, 84])
+    return float(mid), float((hi - lo) / 2)
+
+
 ZGAMMA_CONSISTENCY_COLUMNS = ("m_llg", "pt_ll_over_m_llg", "l1_pt", "l1_eta", "l1_phi", "l1_e", "l2_pt",
                               "l2_eta", "l2_phi", "l2_e", "ph_pt", "ph_eta", "ph_phi", "ph_e")
 

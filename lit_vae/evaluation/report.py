@@ -19,6 +19,8 @@ from tqdm import tqdm
 
 from lit_vae.data.io import atomic_path, read_events, read_region
 from lit_vae.data.manifest import load_manifest
+from lit_vae.data.physics import Physics
+from lit_vae.data.selection import evaluate, expression_names
 from lit_vae.data.split import background_train_mask
 from lit_vae.errors import DataError
 from lit_vae.evaluation import metrics as m
@@ -41,18 +43,58 @@ def held_out_mc(source: str | None, generated_metadata: dict, region: str | None
         region = region or split.get("region") or next(iter(manifest.regions))
         seed = seed if seed is not None else split.get("seed", 42)
         fraction = split.get("train_fraction", 0.6)
-        names = [f for f in features if f in manifest.features]
+        names = [f for f in features if f in manifest.features or f in manifest.auxiliary]
         table = read_region(manifest, region, names)
         signal = table["is_signal"].to_numpy(dtype=bool)
         train = background_train_mask(table, seed, fraction)
         rows = ~signal & ~train
         columns = {f: table[f].to_numpy()[rows] for f in names}
-        info = {f: (manifest.features[f].kind, manifest.features[f].unit or "") for f in names}
+        info = {f: (manifest.feature(f).kind, manifest.feature(f).unit or "") for f in names}
         return columns, info, f"{manifest.path.name} region '{region}', background validation part (seed {seed})"
     columns, _ = read_events(source)
-    info = {f: ("count" if np.issubdtype(columns[f].dtype, np.integer) else "real", "") for f in features
-            if f in columns}
+    manifest_path = split.get("manifest")
+    if manifest_path and Path(manifest_path).is_file():  # kinds, units and auxiliary columns from the manifest
+        manifest = load_manifest(manifest_path)
+        stored = {k: np.asarray(v, dtype=np.float64) for k, v in columns.items()}
+        for name in features:
+            feature = manifest.auxiliary.get(name)
+            if name not in columns and feature is not None and feature.expression \
+                    and expression_names(feature.expression, manifest.objects) <= set(stored):
+                columns[name] = np.asarray(evaluate(feature.expression, stored, manifest.objects), dtype=np.float64)
+        known = {**manifest.features, **manifest.auxiliary}
+        info = {f: (known[f].kind, known[f].unit or "") for f in features if f in columns and f in known}
+    else:
+        info = {f: ("count" if np.issubdtype(columns[f].dtype, np.integer) else "real", "") for f in features
+                if f in columns}
     return {f: columns[f] for f in info}, info, f"every event of {source}"
+
+
+def evaluation_physics(generated_metadata: dict, mc: str | None, region: str | None) -> Physics | None:
+    """The declarations to check generated events against: the manifest's physics (every derived feature,
+    every bound, the region's cut), when the manifest the generator was trained on declares a basis."""
+    manifest_path = (generated_metadata.get("data_split") or {}).get("manifest")
+    if mc and Path(mc).suffix in (".yaml", ".yml"):
+        manifest_path = mc
+    if not manifest_path or not Path(manifest_path).is_file():
+        return None
+    manifest = load_manifest(manifest_path)
+    if not manifest.basis:
+        return None
+    region = region or (generated_metadata.get("data_split") or {}).get("region") or next(iter(manifest.regions))
+    return Physics.from_manifest(manifest, region, list(manifest.features), "exact", "absolute")
+
+
+def mass_peaks(physics: Physics | None, columns: dict) -> dict[str, tuple[float, float]]:
+    """(median, 16-84 % half-width) of every declared mass (a derived feature `mass(...)`) computable from
+    columns."""
+    if physics is None:
+        return {}
+    out = {}
+    for name, expression in physics.derived.items():
+        if expression.replace(" ", "").startswith("mass(") and expression_names(expression, physics.objects) <= set(
+                columns):
+            out[name] = m.peak(evaluate(expression, columns, physics.objects))
+    return out
 
 
 def save_figure(fig, out: Path, name: str) -> Path:
@@ -148,7 +190,7 @@ def _training_figures(logs: Sequence[str], out: Path) -> list[Path]:
 
 
 def compare(reference: np.ndarray, other: np.ndarray, names: list[str], kinds: list[str], columns: dict,
-            seed: int) -> dict:
+            seed: int, physics: Physics | None = None, reference_peaks: dict | None = None) -> dict:
     """Every fidelity number of `other` against `reference` (both events x features, physical units)."""
     per_feature = m.feature_metrics(reference, other, kinds, names)
     classifier = m.classifier_test(reference, other, kinds, names, seed=seed)
@@ -164,10 +206,20 @@ def compare(reference: np.ndarray, other: np.ndarray, names: list[str], kinds: l
         **m.correlation_metrics(reference, other),
     }
     residuals = {}
-    if all(c in columns for c in m.ZGAMMA_CONSISTENCY_COLUMNS):
+    declared = m.physics_consistency(physics, columns) if physics is not None else None
+    if declared is not None and declared["metrics"]["n_relations_checked"] >= 3:
+        summary.update(declared["metrics"])
+        residuals = declared["residuals"]
+        summary["m_llg_frac_beyond_5pct"] = float(np.mean(~(np.abs(residuals.get("m_llg", np.zeros(1))) <= 0.05)))
+    elif all(c in columns for c in m.ZGAMMA_CONSISTENCY_COLUMNS):  # files without the channel: massless check
         consistency = m.zgamma_consistency(columns)
         summary.update(consistency["metrics"])
         residuals = consistency["residuals"]
+    for name, (median, width) in mass_peaks(physics, columns).items():
+        summary[f"peak_{name}_median"], summary[f"peak_{name}_width"] = median, width
+        if reference_peaks and name in reference_peaks:
+            summary[f"peak_{name}_width_ratio"] = width / reference_peaks[name][1]
+            summary[f"peak_{name}_shift"] = median - reference_peaks[name][0]
     for name in names:
         per_feature[name]["auc_1d"] = classifier["auc_1d"][name]
         per_feature[name]["permutation_importance"] = classifier["permutation_importance"][name]
@@ -176,7 +228,8 @@ def compare(reference: np.ndarray, other: np.ndarray, names: list[str], kinds: l
 
 GENERATION_COLUMNS = ("classifier_auc", "fpd", "kpd", "w1_mean", "ks_max", "chi2_ndf_mean", "separation_mean",
                       "max_abs_delta_rho", "mean_abs_delta_rho", "m_llg_frac_beyond_5pct",
-                      "pt_ll_over_m_llg_frac_beyond_5pct", "impossible_frac")
+                      "pt_ll_over_m_llg_frac_beyond_5pct", "inconsistent_frac", "impossible_frac",
+                      "outside_region_frac", "peak_m_ll_median", "peak_m_ll_width_ratio", "peak_m_llg_width_ratio")
 
 
 def evaluate_generation(generated: Sequence[str], out: str, mc: str | None = None, region: str | None = None,
@@ -211,9 +264,12 @@ def evaluate_generation(generated: Sequence[str], out: str, mc: str | None = Non
             raise DataError(f"generated file for '{label}' holds NaN or inf values")
         pick = rng.choice(len(x), min(half, len(x)), replace=False)
         samples[label] = (x[pick], {n: columns[n][pick] for n in columns})
+    physics = evaluation_physics(files[0][1], mc, region)
+    reference_peaks = mass_peaks(physics, {n: mc_columns[n][order[:half]] for n in mc_columns})
     results = {}
     for label, (x, columns) in tqdm(samples.items(), desc="evaluating generators", unit="sample"):
-        results[label] = compare(a, x, names, kinds, columns, seed=0 if seed is None else seed)
+        results[label] = compare(a, x, names, kinds, columns, seed=0 if seed is None else seed, physics=physics,
+                                 reference_peaks=reference_peaks)
 
     figures = [save_figure(plots.feature_overlay(n, info[n][0], info[n][1], a[:, j],
                                                  {lab: samples[lab][0][:, j] for lab in labels}),
@@ -222,7 +278,8 @@ def evaluate_generation(generated: Sequence[str], out: str, mc: str | None = Non
     correlations = [save_figure(plots.correlation_heatmaps(a, samples[lab][0], names, lab), out_dir,
                                 f"correlation_{lab}") for lab in labels]
     residual_figs = [save_figure(plots.residuals({("MC" if k == "mc_vs_mc" else k): results[k]["_residuals"][r]
-                                                  for k in results}, f"{r}: recomputed / stored - 1"), out_dir,
+                                                  for k in results if r in results[k]["_residuals"]},
+                                                 f"{r}: recomputed / stored - 1"), out_dir,
                                  f"consistency_{r}") for r in results["mc_vs_mc"]["_residuals"]]
     training = _training_figures(training_logs, out_dir)
     for result in results.values():
@@ -239,12 +296,18 @@ def evaluate_generation(generated: Sequence[str], out: str, mc: str | None = Non
     note = ("<p class='note'>Each generator is compared with half A of the held-out MC; the MC-vs-MC row "
             "compares half B with half A and shows what 'as good as MC' looks like. Classifier AUC: 0.5 is "
             "indistinguishable (interval 16-84 %). FPD/KPD: features divided by the MC's max |x|. W1 on values "
-            "standardised by the MC's spread; chi2/ndf and separation on a common binning. Consistency: "
-            "m_llg and pT_ll/m_llg recomputed from the generated four-vectors; impossible = E &lt; pT cosh(eta) "
-            "or more c-jets than jets. No single number is trusted alone.</p>")
+            "standardised by the MC's spread; chi2/ndf and separation on a common binning. Consistency: every "
+            "derived feature the manifest declares, recomputed from the others (inconsistent: off by more than "
+            "1e-4); impossible: breaks a declared bound (the manifest's preselection); outside region: fails the "
+            "region's cut. Files without the channel columns get the massless Zgamma check instead. Peaks: "
+            "median and 16-84 % half-width of each declared mass, width ratio to the MC's. No single number is "
+            "trusted alone.</p>")
     sections = [("Summary", f"<p>Reference: {html.escape(description)}, {half} events per half.</p>"
                  + html_table(summary_rows, ["sample", *GENERATION_COLUMNS, "classifier_auc_lo",
                                              "classifier_auc_hi", "fpd_err", "kpd_err"]) + note),
+                ("Declared bounds (fraction of events breaking each)",
+                 html_table([{"sample": k, **{c: v for c, v in r["summary"].items() if c.startswith("breach: ")}}
+                             for k, r in results.items()])),
                 ("Per feature (1-D AUC and permutation importance show what the classifier uses)",
                  html_table(feature_rows)),
                 ("Distributions", html_figures(figures)), ("Correlations", html_figures(correlations, 1)),
