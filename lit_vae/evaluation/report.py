@@ -55,18 +55,23 @@ def held_out_mc(source: str | None, generated_metadata: dict, region: str | None
     manifest_path = split.get("manifest")
     if manifest_path and Path(manifest_path).is_file():  # kinds, units and auxiliary columns from the manifest
         manifest = load_manifest(manifest_path)
-        stored = {k: np.asarray(v, dtype=np.float64) for k, v in columns.items()}
-        for name in features:
-            feature = manifest.auxiliary.get(name)
-            if name not in columns and feature is not None and feature.expression \
-                    and expression_names(feature.expression, manifest.objects) <= set(stored):
-                columns[name] = np.asarray(evaluate(feature.expression, stored, manifest.objects), dtype=np.float64)
+        columns = with_auxiliary(manifest, columns)
         known = {**manifest.features, **manifest.auxiliary}
         info = {f: (known[f].kind, known[f].unit or "") for f in features if f in columns and f in known}
     else:
         info = {f: ("count" if np.issubdtype(columns[f].dtype, np.integer) else "real", "") for f in features
                 if f in columns}
     return {f: columns[f] for f in info}, info, f"every event of {source}"
+
+
+def with_auxiliary(manifest, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """columns plus every auxiliary feature of the manifest that they lack and can be computed from
+    (e.g. the channel is_muon from lep_flavour)."""
+    stored = {k: np.asarray(v, dtype=np.float64) for k, v in columns.items()}
+    extra = {name: np.asarray(evaluate(f.expression, stored, manifest.objects), dtype=np.float64)
+             for name, f in manifest.auxiliary.items() if name not in columns and f.expression
+             and expression_names(f.expression, manifest.objects) <= set(stored)}
+    return {**columns, **extra}
 
 
 def evaluation_physics(generated_metadata: dict, mc: str | None, region: str | None) -> Physics | None:
@@ -244,6 +249,9 @@ def evaluate_generation(generated: Sequence[str], out: str, mc: str | None = Non
     if len(labels) != len(generated):
         raise DataError(f"--labels gives {len(labels)} names for {len(generated)} --generated files")
     files = [read_events(g) for g in generated]
+    split_manifest = (files[0][1].get("data_split") or {}).get("manifest")
+    if split_manifest and Path(split_manifest).is_file():
+        files = [(with_auxiliary(load_manifest(split_manifest), c), md) for c, md in files]
     names = [c for c in files[0][0] if all(c in f[0] for f in files)]
     mc_columns, info, description = held_out_mc(mc, files[0][1], region, seed, names)
     names = [n for n in names if n in info]
