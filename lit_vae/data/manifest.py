@@ -161,9 +161,9 @@ def load_manifest(path: str | Path) -> Manifest:
         except ConfigError as err:
             raise ConfigError(f"{path}: regions.{name}: {err}") from None
         regions[str(name)] = cut
-    manifest = Manifest(path, samples, features, regions, raw.get("event_id"), hashlib.sha256(text.encode()).hexdigest(),
-                        auxiliary, objects, derived, tuple(raw.get("basis", ())), raw.get("azimuth"),
-                        raw.get("preselection"))
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    manifest = Manifest(path, samples, features, regions, raw.get("event_id"), digest, auxiliary, objects, derived,
+                        tuple(raw.get("basis", ())), raw.get("azimuth"), raw.get("preselection"))
     _check_physics(manifest)
     return manifest
 

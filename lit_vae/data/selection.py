@@ -158,9 +158,12 @@ class _Backend:
 
     def op(self, name: str, a, b=None):
         if name in _NUMPY_COMPARE:
-            return getattr(torch, name)(*self._pair(a, b)) if self.torch else getattr(np, _NUMPY_COMPARE[name])(a, b)
-        return {"add": lambda: a + b, "sub": lambda: a - b, "mul": lambda: a * b, "div": lambda: a / b,
-                "pow": lambda: a ** b, "mod": lambda: self.remainder(a, b), "neg": lambda: -a, "pos": lambda: +a}[name]()
+            if self.torch:
+                return getattr(torch, name)(*self._pair(a, b))
+            return getattr(np, _NUMPY_COMPARE[name])(a, b)
+        arithmetic = {"add": lambda: a + b, "sub": lambda: a - b, "mul": lambda: a * b, "div": lambda: a / b,
+                      "pow": lambda: a ** b, "mod": lambda: self.remainder(a, b), "neg": lambda: -a, "pos": lambda: +a}
+        return arithmetic[name]()
 
     def _pair(self, a, b):
         like = a if isinstance(a, torch.Tensor) else b

@@ -3,9 +3,9 @@ the latent prior N(mu_p, sigma_p) is learned with the model.
 
 L = -(1/k) sum_i sum_j w_j ln f_j(x_ij | alpha_ij) + beta * KL(q(z|x) || N(mu_p, sigma_p)), with f the
 clipped log-normal for positive continuous features and the truncated discrete Gaussian for counts
-(von Mises for angles, Gaussian otherwise; overridable per feature through `heads`). The encoder sees the transformed inputs;
-the densities are evaluated on the physical targets (x / target_scale, counts as integers), never on
-standardised numbers. The anomaly score of an event is its loss.
+(von Mises for angles, Gaussian otherwise; overridable per feature through `heads`). The encoder sees
+the transformed inputs; the densities are evaluated on the physical targets (x / target_scale, counts as
+integers), never on standardised numbers. The anomaly score of an event is its loss.
 """
 
 from __future__ import annotations
