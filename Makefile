@@ -31,7 +31,8 @@ test-fast: install
 # Regenerates the shipped sample in data/ (seeds fixed here; the files do not depend on JOBS).
 samples: install
 	$(MC) zgamma --events $(call N,100000) --seed 101 --jobs $(JOBS) --out data/zgamma_bkg.root
-	$(MC) zgamma --events $(call N,25000) --seed 107 --jobs $(JOBS) --out data/zgamma_test.root  # test sample: used for nothing but the headline numbers
+	@echo "zgamma_test.root: an independent Zgamma test sample, used for nothing but the headline numbers"
+	$(MC) zgamma --events $(call N,25000) --seed 107 --jobs $(JOBS) --out data/zgamma_test.root
 	$(MC) hzg --mass 150 --events $(call N,20000) --seed 102 --jobs $(JOBS) --out data/hzg150_sig.root
 	$(MC) ttbar --fast --events $(call N,40000) --seed 103 --jobs $(JOBS) --out data/ttbar_1l.root
 	$(MC) wjets --fast --events $(call N,3000) --seed 104 --jobs $(JOBS) --out data/wjets_1l.root

@@ -16,13 +16,14 @@ from .paths import DATA, REPO
 
 MINIMUM_EVENTS = {
     "zgamma_bkg.root": 100_000,
+    "zgamma_test.root": 25_000,
     "hzg150_sig.root": 20_000,
     "ttbar_1l.root": 40_000,
     "wjets_1l.root": 1_000,
     "c1n2_wh_500_100.root": 10_000,
     "c1n2_wh_300_75.root": 10_000,
 }
-ZGAMMA_FILES = ("zgamma_bkg.root", "hzg150_sig.root")
+ZGAMMA_FILES = ("zgamma_bkg.root", "zgamma_test.root", "hzg150_sig.root")
 
 
 def makefile_commands() -> dict[str, list[str]]:
