@@ -20,8 +20,12 @@ COLOURS = ("tab:blue", "tab:red", "tab:green", "tab:purple", "tab:orange", "tab:
 
 
 def _label(ax, title: str = "") -> None:
-    """The ATLAS-style 'Simulation' label, 13 TeV, and an optional title above the axes."""
-    hep.atlas.label(ax=ax, data=False, rlabel="13 TeV", fontsize=12)
+    """The HEP-style label inside the axes' top left ('lit-vae' over 'Simulation, 13 TeV') and an optional
+    title above. Plain text: mplhep's label draws the whole figure twice to position itself."""
+    ax.text(0.04, 0.96, "lit-vae", transform=ax.transAxes, ha="left", va="top", fontsize=13, weight="bold",
+            style="italic")
+    ax.text(0.04, 0.89, "Simulation, 13 TeV", transform=ax.transAxes, ha="left", va="top",
+            fontsize=11)
     if title:
         ax.set_title(title, fontsize=11, loc="left", pad=22)
 

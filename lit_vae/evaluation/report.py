@@ -111,6 +111,7 @@ def save_figure(fig, out: Path, name: str) -> Path:
     for suffix, dpi in ((".png", 80), (".pdf", None)):
         with atomic_path(folder / f"{name}{suffix}") as tmp:
             fig.savefig(tmp, dpi=dpi, format=suffix[1:])
+        fig.set_layout_engine("none")  # the layout is fixed by the first save; do not solve it again
     plt.close(fig)
     return folder / f"{name}.png"
 

@@ -3,7 +3,8 @@ checkpoint, event-weighted losses, the common metric names, and `sample` / `scor
 
 A model is an encoder, a latent prior (`prior: normal | learnable | flow`, models/priors.py) and a decoder
 head (`decoder: mse | likelihood | flow`, models/components.py); VAE, VAE+D and the likelihood VAE are
-presets of these parts with the sources' choices as defaults.
+presets of these parts with the sources' choices as defaults (`preset`; `decoder: null` or `prior: null`
+in a config means the preset's part).
 Metrics: train/loss, val/loss (the objective, default monitor), val/elbo (beta = 1), val/recon, val/kl;
 generators add val/w1_mean (mean 1-D Wasserstein-1 of generated vs validation events, standardised).
 """
@@ -32,16 +33,18 @@ class BaseVAE(L.LightningModule):
     """Common machinery of the VAE family; see the module docstring."""
 
     is_generator = True
+    preset = {"decoder": "mse", "prior": "normal"}  # the parts a model takes when its config names none
 
     def __init__(self, n_features: int, feature_kinds: list[str] | None = None,
                  feature_names: list[str] | None = None, latent_dim: int = 8, n_hidden_layers: int = 2,
                  n_nodes: int = 64, hidden: list[int] | None = None, activation: str = "relu",
                  learning_rate: float = 1e-3, beta: float = 1.0, use_weights: bool = True,
                  optimizer: OptimizerCallable = torch.optim.Adam, lr_scheduler: LRSchedulerCallable | None = None,
-                 w1_events: int = 10_000, decoder: Literal["mse", "likelihood", "flow"] = "mse",
-                 prior: Literal["normal", "learnable", "flow"] = "normal", kl_form: Literal["true", "paper"] = "true",
+                 w1_events: int = 10_000, decoder: Literal["mse", "likelihood", "flow"] | None = None,
+                 prior: Literal["normal", "learnable", "flow"] | None = None,
+                 kl_form: Literal["true", "paper"] = "true",
                  heads: dict[str, str] | None = None, feature_weights: dict[str, float] | None = None,
-                 flow_transforms: int = 5, flow_hidden: int = 128):
+                 flow_transforms: int = 5, flow_hidden: int = 128, flow_passes: int | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.feature_kinds = list(feature_kinds or ["real"] * n_features)
@@ -59,8 +62,9 @@ class BaseVAE(L.LightningModule):
         self.transform = FeatureTransform(self.feature_kinds)
         self.kl_form = kl_form
         self.encoder = GaussianEncoder(n_features, self.sizes, latent_dim, activation)
+        decoder, prior = decoder or self.preset["decoder"], prior or self.preset["prior"]
         self.decoder = build_decoder(decoder, latent_dim, self.sizes, self.feature_names, self.feature_kinds,
-                                     activation, heads, feature_weights, flow_transforms, flow_hidden)
+                                     activation, heads, feature_weights, flow_transforms, flow_hidden, flow_passes)
         self.prior = build_prior(prior, latent_dim, kl_form)
         self.manifest_hash = ""
         self.data_split: dict = {}  # manifest, region, seed, train_fraction: which events were held out

@@ -162,15 +162,20 @@ class DensityHead(Decoder):
 class FlowHead(nn.Module):
     """A conditional neural-spline flow p(x | z) over the transformed features (zuko): the decoder models
     the features jointly instead of independently. Counts are dequantised with uniform noise of one unit
-    (the transform's inverse rounds them back); generation pushes seeded base noise through the flow."""
+    (the transform's inverse rounds them back); generation pushes seeded base noise through the flow.
+    passes: None is fully autoregressive (sampling costs one network pass per feature and transform);
+    2 is a coupling flow (two passes each way: generation ~n_features/2 times faster)."""
 
-    def __init__(self, latent_dim: int, n_features: int, transforms: int = 5, hidden: int = 128, bins: int = 12):
+    def __init__(self, latent_dim: int, n_features: int, transforms: int = 5, hidden: int = 128, bins: int = 12,
+                 passes: int | None = None):
         super().__init__()
         import zuko
 
+        if passes is not None and not 2 <= passes <= n_features:
+            raise ConfigError(f"flow_passes must be null (autoregressive) or 2..{n_features}, got {passes}")
         self.n_features = n_features
         self.flow = zuko.flows.NSF(n_features, context=latent_dim, transforms=transforms,
-                                   hidden_features=[hidden, hidden], bins=bins)
+                                   hidden_features=[hidden, hidden], bins=bins, passes=passes)
 
     def terms(self, z: torch.Tensor, batch: dict, transform) -> dict[str, torch.Tensor]:
         x = batch["x"]
@@ -187,11 +192,11 @@ class FlowHead(nn.Module):
 
 def build_decoder(kind: str, latent_dim: int, hidden: list[int], names: list[str], kinds: list[str],
                   activation: str, heads: dict[str, str] | None, feature_weights: dict[str, float] | None,
-                  flow_transforms: int = 5, flow_hidden: int = 128) -> nn.Module:
+                  flow_transforms: int = 5, flow_hidden: int = 128, flow_passes: int | None = None) -> nn.Module:
     if kind == "mse":
         return MSEHead(latent_dim, hidden, len(names), activation)
     if kind == "likelihood":
         return DensityHead(latent_dim, hidden, names, kinds, activation, heads, feature_weights)
     if kind == "flow":
-        return FlowHead(latent_dim, len(names), flow_transforms, flow_hidden)
+        return FlowHead(latent_dim, len(names), flow_transforms, flow_hidden, passes=flow_passes)
     raise ConfigError(f"decoder: '{kind}' is not one of {', '.join(DECODERS)}")

@@ -10,8 +10,6 @@ integers), never on standardised numbers. The anomaly score of an event is its l
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
 from lit_vae.models.base import BaseVAE
@@ -22,10 +20,10 @@ class LikelihoodVAE(BaseVAE):
     docstring. Every other part (a flow prior, a flow decoder) can replace them."""
 
     is_generator = False  # trained for anomaly scores; sample() still works
+    preset = {"decoder": "likelihood", "prior": "learnable"}
 
-    def __init__(self, n_features: int, decoder: Literal["mse", "likelihood", "flow"] = "likelihood",
-                 prior: Literal["normal", "learnable", "flow"] = "learnable", **kwargs):
-        super().__init__(n_features=n_features, decoder=decoder, prior=prior, **kwargs)
+    def __init__(self, n_features: int, **kwargs):
+        super().__init__(n_features=n_features, **kwargs)
 
     @torch.no_grad()
     def score(self, batch: dict) -> dict[str, torch.Tensor]:

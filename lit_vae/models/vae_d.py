@@ -34,7 +34,7 @@ class VAED(VAE):
                  discriminator_activation: str = "leaky_relu",
                  adversarial_loss: Literal["paper", "non_saturating"] = "paper", **kwargs):
         super().__init__(n_features=n_features, **kwargs)
-        if kwargs.get("decoder", "mse") != "mse":
+        if kwargs.get("decoder") not in (None, "mse"):
             raise ConfigError("VAED's discriminator compares decoded events with real ones in the transformed space: "
                               "it takes decoder: mse (a sampled head would need a relaxed sample); use VAE or "
                               "LikelihoodVAE for decoder: likelihood | flow")
