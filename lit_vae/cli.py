@@ -11,6 +11,7 @@ from __future__ import annotations
 import netrc
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -71,6 +72,7 @@ class LitVAETrainer(L.Trainer):
                     "manifest_hash": model.manifest_hash, "n_events": n_events, "units": "GeV, rad",
                     "data_split": model.data_split, "physics": physics.state()}
         tally = Tally()
+        start = time.perf_counter()
         weight = np.float32(physics.cross_section_pb / n_events) if physics.cross_section_pb else np.float32(1.0)
         with EventWriter(output, metadata) as writer, tqdm(total=n_events, unit="evt", desc="generating",
                                                           file=sys.stderr) as bar:
@@ -78,11 +80,14 @@ class LitVAETrainer(L.Trainer):
                 writer.append({**columns, "weight": np.full(len(next(iter(columns.values()))), weight)})
                 bar.update(len(columns[physics.outputs[0]]))
                 bar.set_postfix(acceptance=f"{tally.acceptance:.3f}", refresh=False)
+            seconds = time.perf_counter() - start
             writer.metadata.update({"sampled": tally.sampled, "acceptance": tally.acceptance,
+                                    "seconds": seconds, "events_per_second": n_events / seconds,
                                     "weight": "pb per event: the training region's sigma x efficiency "
                                               f"({physics.cross_section_pb:.6g} pb) / n_events"})
         print(f"generated {n_events} events: {tally.accepted} of {tally.sampled} sampled pass the region's cut and "
-              f"the declared bounds (acceptance {tally.acceptance:.4f}) -> {output}", file=sys.stderr)
+              f"the declared bounds (acceptance {tally.acceptance:.4f}) in {seconds:.1f} s "
+              f"({n_events / seconds:.3g} events/s) -> {output}", file=sys.stderr)
         return Path(output)
 
 

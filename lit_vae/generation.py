@@ -49,7 +49,7 @@ def generate_columns(model, n_events: int, batch_size: int, seed: int, device: s
     generator = torch.Generator(device=device).manual_seed(seed)
     rng = np.random.default_rng(seed)
     while tally.accepted < n_events:
-        events = model.sample(batch_size, generator).cpu().numpy()
+        events = model.sample(_next_size(n_events - tally.accepted, batch_size, tally), generator).cpu().numpy()
         columns = physics.complete(dict(zip(model.feature_names, events.T, strict=True)), rng)
         keep = physics.passes(columns)
         tally.sampled += len(keep)
@@ -61,3 +61,10 @@ def generate_columns(model, n_events: int, batch_size: int, seed: int, device: s
         if len(take):
             yield {name: columns[name][take].astype(np.int32 if physics.kinds[name] == "count" else np.float32)
                    for name in physics.outputs if name in columns}
+
+
+def _next_size(missing: int, batch_size: int, tally: Tally) -> int:
+    """Events to sample next: enough for the missing ones at the acceptance seen so far (+10 %, at least
+    1,024), at most batch_size, so that a small request does not sample (and hold) a whole batch."""
+    acceptance = max(tally.acceptance if tally.sampled else 1.0, MIN_ACCEPTANCE)
+    return min(batch_size, max(1024, int(1.1 * missing / acceptance) + 1))

@@ -13,8 +13,9 @@ from tests.paths import REPO
 @pytest.mark.slow
 def test_reduced_demo_writes_the_report(tmp_path):
     demo = tmp_path / "demo"
-    result = subprocess.run(["make", "-s", "demo", f"DEMO={demo}", "DEMO_EPOCHS=1", "DEMO_WH_EPOCHS=1",
-                             "DEMO_EVENTS=3000", "DEMO_MAX_EVENTS=1000"], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(["make", "-s", "demo", f"DEMO={demo}", "DEMO_EPOCHS=1", "DEMO_BEST_EPOCHS=1",
+                             "DEMO_WH_EPOCHS=1", "DEMO_EVENTS=3000", "DEMO_MAX_EVENTS=1000"],
+                            cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"report: {demo}/report.html" in result.stdout
     page = (demo / "report.html").read_text()
@@ -22,5 +23,5 @@ def test_reduced_demo_writes_the_report(tmp_path):
         assert text in page, text
     combined = json.loads((demo / "metrics.json").read_text())
     assert set(combined) == {"zgamma_generation", "zgamma_anomaly", "wh1lbb_anomaly"}
-    assert set(combined["zgamma_generation"]["comparisons"]) == {"mc_vs_mc", "VAE", "VAE+D"}
+    assert set(combined["zgamma_generation"]["comparisons"]) == {"mc_vs_mc", "VAE", "VAE+D", "best.yaml"}
     assert {r["region"] for r in combined["wh1lbb_anomaly"]["region_efficiency"]} == {"preselection", "mid", "2-3b"}

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lit_vae.data.manifest import Manifest, check_files_exist, check_inputs
-from lit_vae.data.selection import evaluate, evaluate_cut
+from lit_vae.data.selection import evaluate_cut
 from lit_vae.errors import DataError, OutputError
 
 TREE = "events"
@@ -201,7 +201,7 @@ def read_region(manifest: Manifest, region: str, features: list[str], *, nan_pol
                 for chunk in _iterate_file(file, sample.tree, branches, step_size, bar):
                     n = len(chunk[branches[0]])
                     mask = evaluate_cut(cut, chunk, manifest.objects)
-                    part = {name: _column(manifest, name, chunk)[mask] for name in features}
+                    part = {name: manifest.column(name, chunk)[mask] for name in features}
                     part["weight"] = chunk[sample.weight][mask] if sample.weight else np.ones(int(mask.sum()))
                     ids = chunk[manifest.event_id] if manifest.event_id else offset + np.arange(n)
                     part["event_id"] = np.asarray(ids, dtype=np.uint64)[mask]
@@ -221,14 +221,6 @@ def read_region(manifest: Manifest, region: str, features: list[str], *, nan_pol
         with atomic_path(cache_file) as tmp:
             table.to_parquet(tmp, compression="zstd", use_dictionary=False)
     return table
-
-
-def _column(manifest: Manifest, name: str, chunk: dict[str, np.ndarray]) -> np.ndarray:
-    """A feature of a chunk: the stored branch, or its expression evaluated over the chunk."""
-    expression = manifest.feature(name).expression
-    if expression is None:
-        return chunk[name]
-    return np.asarray(evaluate(expression, chunk, manifest.objects), dtype=np.float64)
 
 
 def _with_sample_categories(table, manifest: Manifest):

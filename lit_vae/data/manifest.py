@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
-from lit_vae.data.selection import OBJECT_FIELDS, cut_branches, expression_names, parse_cut
+from lit_vae.data.selection import OBJECT_FIELDS, cut_branches, evaluate, expression_names, parse_cut
 from lit_vae.errors import ConfigError, DataError
 
 KINDS = ("positive", "real", "angle", "count")
@@ -87,9 +88,24 @@ class Manifest:
         return self.regions[region]
 
     def stored(self, name: str) -> set[str]:
-        """The branches a feature is read or computed from."""
+        """The branches a feature is read or computed from (through the auxiliary features it reads)."""
         feature = self.feature(name)
-        return expression_names(feature.expression, self.objects) if feature.expression else {name}
+        if not feature.expression:
+            return {name}
+        reads = expression_names(feature.expression, self.objects)
+        return set().union(*(self.stored(n) if n in self.auxiliary else {n} for n in reads))
+
+    def column(self, name: str, columns: dict[str, np.ndarray]) -> np.ndarray:
+        """A feature over columns of stored branches: the branch itself, or its expression evaluated; the
+        auxiliary features it reads are computed first and added to columns."""
+        feature = self.feature(name)
+        if name in columns or not feature.expression:
+            return columns[name]
+        for needed in sorted(expression_names(feature.expression, self.objects) - set(columns)):
+            if needed in self.auxiliary:
+                self.column(needed, columns)
+        columns[name] = np.asarray(evaluate(feature.expression, columns, self.objects), dtype=np.float64)
+        return columns[name]
 
     def branches(self, region: str, features: list[str], sample: Sample) -> list[str]:
         """Every branch needed to select region and read features, weight and event id of sample."""
@@ -148,8 +164,9 @@ def load_manifest(path: str | Path) -> Manifest:
         raise ConfigError(f"{path}: samples is empty")
 
     features = _features(path, raw["features"], "features")
-    auxiliary = _features(path, raw.get("auxiliary", {}), "auxiliary")
     objects = _objects(path, raw.get("objects", {}))
+    auxiliary = _features(path, raw.get("auxiliary", {}), "auxiliary", objects)
+    _check_auxiliary_order(path, auxiliary, objects)
     derived = _derived(path, raw.get("derived", {}), {**features, **auxiliary}, objects)
 
     regions = {}
@@ -168,7 +185,7 @@ def load_manifest(path: str | Path) -> Manifest:
     return manifest
 
 
-def _features(path: Path, raw: dict, key: str) -> dict[str, Feature]:
+def _features(path: Path, raw: dict, key: str, objects: dict | None = None) -> dict[str, Feature]:
     features = {}
     for name, spec in raw.items():
         spec = {"kind": spec} if isinstance(spec, str) else spec
@@ -180,7 +197,7 @@ def _features(path: Path, raw: dict, key: str) -> dict[str, Feature]:
             raise ConfigError(f"{where}.kind: '{spec['kind']}' is not one of {', '.join(KINDS)}"
                               f"{nearest(spec['kind'], KINDS)}")
         if "expression" in spec:
-            _parse(where, spec["expression"])
+            _parse(where, spec["expression"], objects or {})
         features[name] = Feature(name, spec["kind"], spec.get("unit"), spec.get("expression"))
     return features
 
@@ -206,6 +223,16 @@ def _objects(path: Path, raw: dict) -> dict[str, dict[str, str]]:
             _parse(f"{where}.{key}", str(value))
         objects[str(name)] = {k: str(v) for k, v in spec.items()}
     return objects
+
+
+def _check_auxiliary_order(path: Path, auxiliary: dict[str, Feature], objects: dict) -> None:
+    """An auxiliary expression reads stored branches and auxiliary features declared before it (no cycles)."""
+    for i, (name, feature) in enumerate(auxiliary.items()):
+        later = set(list(auxiliary)[i:])
+        reads = expression_names(feature.expression, objects) & later if feature.expression else set()
+        if reads:
+            raise ConfigError(f"{path}: auxiliary.{name} reads {sorted(reads)}, declared at or after it; declare "
+                              "auxiliary features before the ones that read them")
 
 
 def _derived(path: Path, raw: dict, known: dict[str, Feature], objects: dict) -> dict[str, Feature]:

@@ -68,9 +68,8 @@ def with_auxiliary(manifest, columns: dict[str, np.ndarray]) -> dict[str, np.nda
     """columns plus every auxiliary feature of the manifest that they lack and can be computed from
     (e.g. the channel is_muon from lep_flavour)."""
     stored = {k: np.asarray(v, dtype=np.float64) for k, v in columns.items()}
-    extra = {name: np.asarray(evaluate(f.expression, stored, manifest.objects), dtype=np.float64)
-             for name, f in manifest.auxiliary.items() if name not in columns and f.expression
-             and expression_names(f.expression, manifest.objects) <= set(stored)}
+    extra = {name: manifest.column(name, stored) for name in manifest.auxiliary
+             if name not in columns and manifest.stored(name) <= set(columns)}
     return {**columns, **extra}
 
 

@@ -150,8 +150,8 @@ def test_interrupted_run_leaves_no_file(tmp_path):
 @pytest.mark.slow
 def test_zgamma_acceptance_veto_changes_nothing_selected(produce_sample):
     """The |eta| < 3 process-level veto only removes events the selection would reject anyway."""
-    vetoed, meta_v, _ = produce_sample("zgamma", 1000, seed=21)
-    plain, meta_p, _ = produce_sample("zgamma", 1000, seed=22, veto=False)
+    vetoed, meta_v, _ = produce_sample("zgamma", 500, seed=21)
+    plain, meta_p, _ = produce_sample("zgamma", 500, seed=22, veto=False)
     assert meta_v["veto_visible_eta_max"] == 3.0 and meta_p["veto_visible_eta_max"] is None
     # Selected cross-sections agree within their statistical errors (binomial on the selection).
     xs = [m["sum_weights_pb"] for m in (meta_v, meta_p)]

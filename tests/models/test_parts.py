@@ -14,7 +14,7 @@ from scipy.special import expit, log_expit
 
 from lit_vae.data import ZGammaDataModule
 from lit_vae.errors import ConfigError
-from lit_vae.generation import Tally, generate_columns
+from lit_vae.generation import Tally, _next_size, generate_columns
 from lit_vae.models import VAE, VAED, LikelihoodVAE, load_model
 from lit_vae.models.distributions import HEADS
 from lit_vae.models.priors import FlowPrior
@@ -78,6 +78,11 @@ def test_non_saturating_adversarial_term_by_hand(wh1lbb_datamodule):
         VAED(n_features=2, decoder="flow")
 
 
+def test_flow_passes_outside_two_to_n_features_is_refused():
+    with pytest.raises(ConfigError, match=r"flow_passes must be null \(autoregressive\) or 2..3, got 4"):
+        VAE(n_features=3, decoder="flow", flow_passes=4)
+
+
 @pytest.fixture(scope="module")
 def physics_data(tmp_path_factory):
     """The shipped Zgamma window in the physics setup (basis, relative azimuth), 3,000 events."""
@@ -92,10 +97,12 @@ def test_physics_setup_generates_events_that_obey_every_bound(physics_data, deco
     """Two epochs, then generation: exact derived features, angles in [-pi, pi), every event inside the
     window and the declared preselection; a reloaded checkpoint gives identical events for a seed."""
     dm = physics_data
-    assert "l1_phi" not in dm.features and "m_llg" not in dm.features and "is_muon" in dm.features
+    assert "l1_phi" not in dm.features and "l2_pt" not in dm.features and "ph_pt" not in dm.features
+    assert {"m_ll", "m_llg", "is_muon"} <= set(dm.features)
     L.seed_everything(0)
     model = VAE(n_features=dm.n_features, feature_kinds=dm.feature_kinds, feature_names=dm.features, latent_dim=4,
                 n_nodes=32, decoder=decoder, prior=prior, flow_transforms=2, flow_hidden=32, w1_events=0,
+                flow_passes=2 if decoder == "flow" else None,  # a coupling flow decoder: samples in two passes
                 heads={"is_muon": "bernoulli"} if decoder == "likelihood" else None)
     trainer = L.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
                         accelerator="cpu", default_root_dir=tmp_path)
@@ -111,6 +118,12 @@ def test_physics_setup_generates_events_that_obey_every_bound(physics_data, deco
     np.testing.assert_allclose(events["l1_e"], np.sqrt((events["l1_pt"] * np.cosh(events["l1_eta"])) ** 2
                                                        + np.where(events["is_muon"] == 1, 0.1056584, 0.000511) ** 2),
                                rtol=1e-5)
+    # l2_pt and ph_pt follow from the modelled masses: the four-vectors give back m_ll and m_llg.
+    four = [np.stack([events[f"{o}_e"], *(events[f"{o}_pt"] * f(events[f"{o}_{a}"]) for f, a in
+                      ((np.cos, "phi"), (np.sin, "phi"), (np.sinh, "eta")))]) for o in ("l1", "l2", "ph")]
+    for parts, name in ((four[:2], "m_ll"), (four, "m_llg")):
+        e, px, py, pz = sum(parts)
+        np.testing.assert_allclose(np.sqrt(e**2 - px**2 - py**2 - pz**2), events[name], rtol=1e-3)
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
     again = list(generate_columns(load_model(str(path)).eval(), 2000, 1000, seed=4))
@@ -123,3 +136,13 @@ def test_likelihood_vae_keeps_the_thesis_preset():
                           latent_dim=2, n_nodes=8)
     assert type(model.prior).__name__ == "LearnableGaussianPrior"
     assert model.decoder.head_names == ["clipped_lognormal", "discrete_gaussian"]
+
+
+def test_generation_samples_what_the_missing_events_need():
+    """Batch sizes follow the acceptance seen so far (+10 %, at least 1,024, at most batch_size)."""
+    half = Tally(sampled=1000, accepted=500)
+    assert _next_size(10_000, 100_000, half) == 22_001
+    assert _next_size(10, 100_000, half) == 1024
+    assert _next_size(10**7, 100_000, half) == 100_000
+    assert _next_size(3000, 100_000, Tally()) == 3301
+    assert _next_size(5, 100_000, Tally(sampled=10**6, accepted=0)) == 5501  # acceptance floored at 1e-3
