@@ -46,17 +46,41 @@ class LitVAETrainer(L.Trainer):
     def predict(self, model=None, dataloaders=None, datamodule=None, return_predictions=None,
                 ckpt_path: str | None = None, output: str = "scores.parquet"):
         """Score every event of the predict set (validation background + all signals) and write one row
-        per event to output (.parquet or .root)."""
-        if ckpt_path:
-            model = load_model(ckpt_path)  # the concrete class and the transform it was trained with
-            if datamodule is not None:
-                datamodule.use_transform(model.transform)
-                if model.manifest_hash and model.manifest_hash != datamodule.manifest.content_hash:
-                    warnings.warn(f"{ckpt_path} was trained with another version of {datamodule.manifest.path}",
-                                  stacklevel=2)
-        metadata = {"checkpoint": str(ckpt_path), "seed": datamodule.seed if datamodule is not None else None}
+        per event to output (.parquet or .root), with the data split it used."""
+        model = self._trained(model, datamodule, ckpt_path)
+        metadata = {"checkpoint": str(ckpt_path), "seed": datamodule.seed if datamodule is not None else None,
+                    "data_split": datamodule.split() if datamodule is not None else model.data_split}
         self.callbacks.append(ScoreWriter(output, metadata))
         return super().predict(model, dataloaders, datamodule, return_predictions=False, ckpt_path=None)
+
+    def test(self, model=None, dataloaders=None, ckpt_path: str | None = None, verbose: bool = True,
+             datamodule=None, weights_only: bool | None = None):
+        """Test losses of the held-out background and the signals (with a checkpoint: its transform and split)."""
+        model = self._trained(model, datamodule, ckpt_path)
+        return super().test(model, dataloaders, None, verbose, datamodule, weights_only)
+
+    def validate(self, model=None, dataloaders=None, ckpt_path: str | None = None, verbose: bool = True,
+                 datamodule=None, weights_only: bool | None = None):
+        """Validation metrics (with a checkpoint: its transform and its held-out part)."""
+        model = self._trained(model, datamodule, ckpt_path)
+        return super().validate(model, dataloaders, None, verbose, datamodule, weights_only)
+
+    @staticmethod
+    def _trained(model, datamodule, ckpt_path: str | None):
+        """With a checkpoint: the model as it was trained (its class and transform), and the DataModule set
+        to feed it the checkpoint's held-out events, encoded with the checkpoint's transform."""
+        if not ckpt_path:
+            return model
+        if not Path(ckpt_path).is_file():
+            raise ConfigError(f"--ckpt_path {ckpt_path}: no such checkpoint; give a .ckpt written by `lit-vae fit`")
+        model = load_model(ckpt_path)
+        if datamodule is not None:
+            datamodule.use_transform(model.transform)
+            datamodule.adopt_split(model.data_split, ckpt_path)
+            if model.manifest_hash and model.manifest_hash != datamodule.manifest.content_hash:
+                warnings.warn(f"{ckpt_path} was trained with another version of {datamodule.manifest.path}",
+                              stacklevel=2)
+        return model
 
     def generate(self, model=None, datamodule=None, ckpt_path: str | None = None, n_events: int = 100_000,
                  output: str = "generated.parquet", seed: int = 0, batch_size: int = 100_000) -> Path:

@@ -81,6 +81,35 @@ def test_test_subcommand_logs_background_and_signal_losses(trained, tmp_path):
     assert metrics["test/loss_background"].notna().sum() == 1 and metrics["test/loss_signal"].notna().sum() == 1
 
 
+def test_predict_scores_the_checkpoints_held_out_part_whatever_the_run_says(trained, tmp_path, capsys):
+    """Another seed_everything, or a moved and commented copy of the data, scores the same held-out events
+    (the checkpoint's split, recorded in the score file); a split request that contradicts it is refused."""
+    import shutil
+
+    def scored(manifest, output, *extra) -> set:
+        assert main(["predict", "--config", trained["config"], *data_args(manifest), "--ckpt_path",
+                     str(trained["ckpt"]), "--output", str(output), *extra]) == 0
+        return set(zip(*(pd.read_parquet(output)[c] for c in ("sample", "event_number")), strict=True))
+
+    reference = scored(trained["manifest"], tmp_path / "a.parquet")
+    assert read_events(tmp_path / "a.parquet")[1]["data_split"]["split_seed"] == 42
+    assert scored(trained["manifest"], tmp_path / "b.parquet", "--seed_everything", "7") == reference
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for f in trained["manifest"].parent.glob("*.root"):
+        shutil.copy(f, moved / f.name)
+    (moved / "wh1lbb.yaml").write_text("# a comment\n" + trained["manifest"].read_text())
+    assert scored(moved / "wh1lbb.yaml", tmp_path / "c.parquet") == reference
+    capsys.readouterr()
+    for option, value in (("split_seed", "7"), ("train_fraction", "0.5")):
+        assert main(["predict", "--config", trained["config"], *data_args(trained["manifest"]), "--ckpt_path",
+                     str(trained["ckpt"]), "--output", str(tmp_path / "d.parquet"),
+                     f"--data.init_args.{option}", value]) == 2
+        error = capsys.readouterr().err
+        assert f"trained with {option} = " in error and f"--data.init_args.{option} = {value}" in error
+        assert not (tmp_path / "d.parquet").exists()
+
+
 def test_generate_writes_physical_events(trained, tmp_path):
     output = tmp_path / "gen.parquet"
     assert main(["generate", *data_args(trained["manifest"]), "--ckpt_path", str(trained["ckpt"]),

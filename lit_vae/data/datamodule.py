@@ -16,6 +16,7 @@ Ids are unique within a sample; an event is identified by (sample, event_id).
 
 from __future__ import annotations
 
+import ast
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -28,11 +29,13 @@ from lightning.pytorch.utilities import rank_zero_info
 from lit_vae.data.io import read_region
 from lit_vae.data.manifest import load_manifest
 from lit_vae.data.physics import Physics
+from lit_vae.data.selection import parse_cut
 from lit_vae.data.split import background_train_mask, uniform_from_id
 from lit_vae.data.transforms import FeatureTransform
 from lit_vae.errors import ConfigError, DataError
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "data_manifests"
+DEFAULT_TRAIN_FRACTION = 0.6
 
 
 class EventBatches:
@@ -71,9 +74,13 @@ class EventDataModule(L.LightningDataModule):
         region: region name in the manifest.
         features: training features (default: every feature of the manifest, in its order).
         batch_size: events per batch.
-        train_fraction: fraction of background events used for training; the rest validates.
-        seed: fixes the split and the shuffling (linked to seed_everything by the CLI).
-        max_events: keep at most this many background events (a seeded, order-independent subset).
+        train_fraction: fraction of background events used for training; the rest validates (default 0.6;
+            with a checkpoint, the checkpoint's).
+        seed: fixes the shuffling, and the split unless split_seed is given (linked to seed_everything).
+        split_seed: seed of the train/validation split and of the max_events subset (default: seed; with
+            a checkpoint, the checkpoint's).
+        max_events: keep at most this many background events (a seeded, order-independent subset; the
+            validation part of any subset is never trained on, whatever the subset).
         cache_dir: where the selected tables are cached as parquet (None: no cache).
         use_weights: carry the normalised event weights (else ones).
         nan_policy: 'drop' (and warn) or 'raise' on NaN/inf in a feature.
@@ -86,7 +93,8 @@ class EventDataModule(L.LightningDataModule):
     """
 
     def __init__(self, manifest: str, region: str, features: list[str] | None = None, batch_size: int = 256,
-                 train_fraction: float = 0.6, seed: int = 42, max_events: int | None = None,
+                 train_fraction: float | None = None, seed: int = 42, split_seed: int | None = None,
+                 max_events: int | None = None,
                  cache_dir: str | None = ".cache/lit-vae", use_weights: bool = True,
                  nan_policy: Literal["drop", "raise"] = "drop", min_events: int = 1_000_000,
                  target_scale: dict[str, float] | None = None,
@@ -103,7 +111,7 @@ class EventDataModule(L.LightningDataModule):
         self.features = list(self.physics.model_features)  # what the model sees
         reference = [self.physics.azimuth] if self.physics.azimuth else []
         self.read_features = [*self.features, *reference]
-        if not 0 < train_fraction < 1:
+        if train_fraction is not None and not 0 < train_fraction < 1:
             raise ConfigError(f"train_fraction must lie in (0, 1), got {train_fraction}")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be positive, got {batch_size}")
@@ -112,7 +120,10 @@ class EventDataModule(L.LightningDataModule):
             if name not in self.features or value <= 0:
                 raise ConfigError(f"target_scale.{name}: needs a training feature and a positive scale")
         self.target_scales = [float(scales.get(name, 1.0)) for name in self.features]
-        self.batch_size, self.train_fraction, self.seed = batch_size, train_fraction, seed
+        self.requested_split = {"split_seed": split_seed, "train_fraction": train_fraction}  # None: not given
+        self.batch_size, self.seed = batch_size, seed
+        self.split_seed = seed if split_seed is None else split_seed
+        self.train_fraction = DEFAULT_TRAIN_FRACTION if train_fraction is None else train_fraction
         self.max_events, self.cache_dir, self.use_weights = max_events, cache_dir, use_weights
         self.nan_policy, self.min_events = nan_policy, min_events
         self.transform: FeatureTransform | None = None
@@ -146,7 +157,7 @@ class EventDataModule(L.LightningDataModule):
         sample_index = table["sample"].cat.codes.to_numpy().astype(np.int64)  # categories in manifest order
         ids = table["event_id"].to_numpy(dtype=np.uint64)
         signal = table["is_signal"].to_numpy(dtype=bool)
-        train = background_train_mask(table, self.seed, self.train_fraction)
+        train = background_train_mask(table, self.split_seed, self.train_fraction)
         keep = np.ones(len(table), dtype=bool)
         if self.max_events is not None:
             keep = self._subset(ids, sample_index, ~signal)
@@ -179,6 +190,39 @@ class EventDataModule(L.LightningDataModule):
             self._parts[part] = tensors
         self._report(table, sample_index, parts, signal)
 
+    def split(self) -> dict:
+        """What defines which events are trained on: the region's cut, the background samples and their
+        files, the features and the split's seed and fraction (file names, not paths: a moved checkout
+        holds the same split). The manifest's path is kept for the record, not compared."""
+        cut = self.manifest.region_cut(self.region)
+        return {"manifest": str(self.manifest.path), "region": self.region,
+                "region_cut": ast.unparse(parse_cut(cut, frozenset(self.manifest.objects))) if cut.strip() else "",
+                "backgrounds": {name: sorted(Path(f).name for f in sample.files)
+                                for name, sample in self.manifest.samples.items() if not sample.is_signal},
+                "features": list(self.features), "split_seed": self.split_seed,
+                "train_fraction": self.train_fraction}
+
+    def adopt_split(self, recorded: dict, checkpoint: str) -> None:
+        """Score the held-out part of the checkpoint's split: take its seed and fraction unless they were
+        given, refuse a request or a data set that contradicts it (before setup)."""
+        recorded = {**recorded, "split_seed": recorded.get("split_seed", recorded.get("seed"))}
+        for key, requested in self.requested_split.items():
+            if recorded.get(key) is None:
+                continue
+            if requested is not None and requested != recorded[key]:
+                raise ConfigError(f"{checkpoint} was trained with {key} = {recorded[key]}; "
+                                  f"--data.init_args.{key} = {requested} would score training events: drop it")
+            setattr(self, key, recorded[key])
+        mine = self.split()
+        for key in ("region_cut", "backgrounds", "features"):
+            if key in recorded and recorded[key] != mine[key]:
+                raise ConfigError(f"{checkpoint} was trained on another {key.replace('_', ' ')} "
+                                  f"({recorded[key]!r}) than {self.manifest.path} region '{self.region}' gives "
+                                  f"({mine[key]!r}): use the manifest and region the model was trained with")
+        self._parts = {}
+        rank_zero_info(f"scoring the held-out part of {checkpoint}'s split: region '{self.region}', "
+                       f"split_seed {self.split_seed}, train_fraction {self.train_fraction}")
+
     def use_transform(self, transform: FeatureTransform) -> None:
         """Transform with a given (e.g. a checkpoint's) transform instead of fitting one; before setup."""
         if [k for k in transform.kinds] != self.feature_kinds:
@@ -192,7 +236,7 @@ class EventDataModule(L.LightningDataModule):
         u = np.full(len(ids), np.inf)
         for i, name in enumerate(self.sample_names):
             rows = (sample_index == i) & background
-            u[rows] = uniform_from_id(ids[rows], f"subset|{name}", self.seed)
+            u[rows] = uniform_from_id(ids[rows], f"subset|{name}", self.split_seed)
         keep = ~background
         keep[np.argsort(u, kind="stable")[: self.max_events]] = True
         return keep

@@ -41,7 +41,7 @@ def held_out_mc(source: str | None, generated_metadata: dict, region: str | None
     if Path(source).suffix in (".yaml", ".yml"):
         manifest = load_manifest(source)
         region = region or split.get("region") or next(iter(manifest.regions))
-        seed = seed if seed is not None else split.get("seed", 42)
+        seed = seed if seed is not None else split.get("split_seed", split.get("seed", 42))
         fraction = split.get("train_fraction", 0.6)
         names = [f for f in features if f in manifest.features or f in manifest.auxiliary]
         table = read_region(manifest, region, names)

@@ -67,7 +67,7 @@ class BaseVAE(L.LightningModule):
                                      activation, heads, feature_weights, flow_transforms, flow_hidden, flow_passes)
         self.prior = build_prior(prior, latent_dim, kl_form)
         self.manifest_hash = ""
-        self.data_split: dict = {}  # manifest, region, seed, train_fraction: which events were held out
+        self.data_split: dict = {}  # EventDataModule.split(): which events were trained on, which held out
         self.physics: dict = {}  # the DataModule's Physics state: how generated events are completed
         self.val_means = torch.nn.ModuleDict({k: MeanMetric() for k in VAL_METRICS})
         self.test_means = torch.nn.ModuleDict({k: MeanMetric() for k in ("background", "signal")})
@@ -83,8 +83,7 @@ class BaseVAE(L.LightningModule):
         if datamodule is not None and datamodule.transform is not None and stage == "fit":
             self.transform.load_state_dict(datamodule.transform.state_dict())
             self.manifest_hash = datamodule.manifest.content_hash
-            self.data_split = {"manifest": str(datamodule.manifest.path), "region": datamodule.region,
-                               "seed": datamodule.seed, "train_fraction": datamodule.train_fraction}
+            self.data_split = datamodule.split()
             self.physics = datamodule.physics.state()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -7,7 +7,12 @@ from sklearn.metrics import roc_auc_score
 
 from lit_vae.evaluation import metrics as m
 
-RNG = np.random.default_rng(7)
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A generator seeded per test: a test's draws do not depend on which tests ran before it."""
+    return np.random.default_rng(7)
+
 
 
 def test_chi2_ndf_equals_the_contingency_table_statistic():
@@ -22,8 +27,8 @@ def test_separation_is_zero_for_identical_and_one_for_disjoint_histograms():
     assert m.separation(np.array([5.0, 0, 0]), np.array([0.0, 0, 7])) == pytest.approx(1)
 
 
-def test_feature_metrics_match_scipy_on_standardised_values():
-    a = RNG.normal(10, 2, size=(5000, 2))
+def test_feature_metrics_match_scipy_on_standardised_values(rng):
+    a = rng.normal(10, 2, size=(5000, 2))
     b = a[::-1] + np.array([1.0, 0.0])
     result = m.feature_metrics(a, b, ["real", "real"], ["x", "y"])
     sigma = a[:, 0].std()
@@ -48,53 +53,53 @@ def test_frechet_distance_closed_form():
     assert m.frechet_distance(mu1, s, mu1, s) == pytest.approx(0, abs=1e-9)
 
 
-def test_fpd_recovers_the_distance_of_two_shifted_gaussians():
-    a = RNG.normal(0, 1, size=(20000, 3)) + 5
-    b = RNG.normal(0, 1, size=(20000, 3)) + 5 + np.array([0.5, 0, 0])
+def test_fpd_recovers_the_distance_of_two_shifted_gaussians(rng):
+    a = rng.normal(0, 1, size=(20000, 3)) + 5
+    b = rng.normal(0, 1, size=(20000, 3)) + 5 + np.array([0.5, 0, 0])
     scale = np.abs(a).max(axis=0)
     expected = (0.5 / scale[0]) ** 2
     value, error = m.fpd(a, b, seed=1)
     assert value == pytest.approx(expected, rel=0.15)
-    same, same_error = m.fpd(a, RNG.normal(0, 1, size=(20000, 3)) + 5, seed=1)
+    same, same_error = m.fpd(a, rng.normal(0, 1, size=(20000, 3)) + 5, seed=1)
     assert abs(same) < max(5 * same_error, 0.05 * expected)
 
 
-def test_mmd_of_the_linear_kernel_is_the_mean_difference():
+def test_mmd_of_the_linear_kernel_is_the_mean_difference(rng):
     d = 4
-    x = RNG.normal(0, 1, size=(4000, d))
-    y = RNG.normal(0, 1, size=(4000, d)) + 0.3
+    x = rng.normal(0, 1, size=(4000, d))
+    y = rng.normal(0, 1, size=(4000, d)) + 0.3
     # k(a, b) = a.b / d + 1: E[MMD^2] = |mu_x - mu_y|^2 / d
     assert m.mmd_poly(x, y, degree=1) == pytest.approx(d * 0.3**2 / d, rel=0.2)
 
 
-def test_kpd_is_zero_for_identical_distributions_and_positive_for_different_ones():
-    a, b = RNG.normal(size=(6000, 3)), RNG.normal(size=(6000, 3))
+def test_kpd_is_zero_for_identical_distributions_and_positive_for_different_ones(rng):
+    a, b = rng.normal(size=(6000, 3)), rng.normal(size=(6000, 3))
     value, spread = m.kpd(a, b, batch_size=2000, seed=0)
     assert abs(value) < 3 * spread + 1e-5
     shifted, shifted_spread = m.kpd(a, b * 1.5, batch_size=2000, seed=0)
     assert shifted > 10 * shifted_spread > 0
 
 
-def test_classifier_test_is_half_for_identical_samples_and_names_the_broken_feature():
-    a = RNG.normal(size=(6000, 4))
+def test_classifier_test_is_half_for_identical_samples_and_names_the_broken_feature(rng):
+    a = rng.normal(size=(6000, 4))
     same = m.classifier_test(a[:3000], a[3000:], ["real"] * 4, list("abcd"), n_boot=50)
     assert 0.45 < same["auc"] < 0.55
     assert same["auc_lo"] <= same["auc"] <= same["auc_hi"]
     broken = a[3000:].copy()
-    broken[:, 2] = RNG.uniform(-3, 3, size=3000)  # one feature replaced by noise
+    broken[:, 2] = rng.uniform(-3, 3, size=3000)  # one feature replaced by noise
     result = m.classifier_test(a[:3000], broken, ["real"] * 4, list("abcd"), n_boot=50)
     assert result["auc"] > 0.6
     assert max(result["permutation_importance"], key=result["permutation_importance"].get) == "c"
     assert max(result["auc_1d"], key=result["auc_1d"].get) == "c"
 
 
-def _zgamma_events(n: int) -> dict[str, np.ndarray]:
+def _zgamma_events(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Massless leptons and a photon with exact derived columns."""
     out = {}
     p = np.zeros((4, n))
     ll = np.zeros((4, n))
     for name in ("l1", "l2", "ph"):
-        pt, eta, phi = RNG.uniform(20, 80, n), RNG.uniform(-2.4, 2.4, n), RNG.uniform(-np.pi, np.pi, n)
+        pt, eta, phi = rng.uniform(20, 80, n), rng.uniform(-2.4, 2.4, n), rng.uniform(-np.pi, np.pi, n)
         out.update({f"{name}_pt": pt, f"{name}_eta": eta, f"{name}_phi": phi, f"{name}_e": pt * np.cosh(eta)})
         v = np.stack([pt * np.cosh(eta), pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)])
         p += v
@@ -107,23 +112,23 @@ def _zgamma_events(n: int) -> dict[str, np.ndarray]:
     return out
 
 
-def test_zgamma_consistency_passes_real_events_and_catches_a_generator_that_ignores_the_relations():
-    events = _zgamma_events(2000)
+def test_zgamma_consistency_passes_real_events_and_catches_a_generator_that_ignores_the_relations(rng):
+    events = _zgamma_events(2000, rng)
     good = m.zgamma_consistency(events)["metrics"]
     assert good["m_llg_frac_beyond_5pct"] == 0 and good["impossible_frac"] == 0
     assert good["dR_ll_frac_beyond_5pct"] == 0
     broken = dict(events)
-    broken["m_llg"] = RNG.permutation(events["m_llg"])  # right marginal, wrong relation
+    broken["m_llg"] = rng.permutation(events["m_llg"])  # right marginal, wrong relation
     broken["l1_e"] = events["l1_e"] * 0.8  # E < pT cosh(eta)
     bad = m.zgamma_consistency(broken)["metrics"]
     assert bad["m_llg_frac_beyond_5pct"] > 0.5
     assert bad["energy_below_momentum_frac"] == 1.0
 
 
-def test_anomaly_metrics_of_two_gaussians_match_the_closed_form():
+def test_anomaly_metrics_of_two_gaussians_match_the_closed_form(rng):
     n = 200_000
     labels = np.repeat([0, 1], n)
-    scores = np.concatenate([RNG.normal(0, 1, n), RNG.normal(1, 1, n)])
+    scores = np.concatenate([rng.normal(0, 1, n), rng.normal(1, 1, n)])
     result = m.anomaly_metrics(labels, scores, np.ones(2 * n))
     assert result["auc"] == pytest.approx(stats.norm.cdf(1 / np.sqrt(2)), abs=0.003)
     for eps in (1e-1, 1e-2, 1e-3):  # cut at the background quantile 1 - eps
@@ -144,19 +149,19 @@ def test_weights_count_like_repeated_events_and_unresolvable_efficiencies_are_na
     assert np.isnan(weighted["eff_s_at_eff_b_0.01"])  # 6 background events cannot resolve 1 %
 
 
-def test_bootstrap_interval_brackets_the_value():
+def test_bootstrap_interval_brackets_the_value(rng):
     labels = np.repeat([0, 1], 2000)
-    scores = np.concatenate([RNG.normal(0, 1, 2000), RNG.normal(0.5, 1, 2000)])
+    scores = np.concatenate([rng.normal(0, 1, 2000), rng.normal(0.5, 1, 2000)])
     weights = np.ones(4000)
     value = m.anomaly_metrics(labels, scores, weights)["auc"]
     lo, hi = m.bootstrap_intervals(m.anomaly_metrics, labels, scores, weights, n_boot=100)["auc"]
     assert lo < value < hi and hi - lo < 0.05
 
 
-def test_references_find_the_discriminating_variable():
+def test_references_find_the_discriminating_variable(rng):
     n = 3000
     labels = np.repeat([0, 1], n)
-    x = RNG.normal(size=(2 * n, 3))
+    x = rng.normal(size=(2 * n, 3))
     x[labels == 1, 1] -= 2.0  # signal sits low in feature 'b'
     name, cut = m.best_single_cut(x, ["a", "b", "c"], labels, np.ones(2 * n))
     assert name == "-b" and roc_auc_score(labels, cut) > 0.9
