@@ -49,7 +49,9 @@ RUNS = {
     "VAE+D, physics (MSE head), flow": config("vae_d") + PHYSICS + FLOW,
     "likelihood VAE, physics, learnable": config("likelihood_vae") + PHYSICS + CHANNEL,
     "likelihood VAE, physics, flow": config("likelihood_vae") + PHYSICS + CHANNEL + FLOW,
-    "best.yaml: VAE, physics, flow decoder, normal": config("best") + ["--trainer.max_epochs=30"],
+    "best.yaml: VAE, physics, coupling-flow decoder, normal": config("best") + ["--trainer.max_epochs=30"],
+    "best.yaml with an autoregressive flow decoder": config("best") + ["--trainer.max_epochs=30",
+                                                                       "--model.init_args.flow_passes=null"],
 }
 COLUMNS = [("classifier AUC (16–84 %)", None), ("FPD", "fpd"), ("KPD", "kpd"), ("mean W1", "w1_mean"),
            ("max \\|Δρ\\|", "max_abs_delta_rho"), ("m_ℓℓγ inconsistent", "m_llg_frac_beyond_5pct"),

@@ -19,6 +19,7 @@ import lightning as L
 import numpy as np
 import torch
 from jsonargparse import ArgumentError
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 from tqdm import tqdm
 
@@ -41,6 +42,8 @@ class LitVAETrainer(L.Trainer):
         None keeps torch's default)."""
         if num_threads:
             torch.set_num_threads(num_threads)
+        if kwargs.get("logger") is False:  # nothing to log the learning rate to: drop the monitor of base.yaml
+            kwargs["callbacks"] = [c for c in kwargs.get("callbacks") or [] if not isinstance(c, LearningRateMonitor)]
         super().__init__(**kwargs)
 
     def predict(self, model=None, dataloaders=None, datamodule=None, return_predictions=None,

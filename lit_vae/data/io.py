@@ -196,13 +196,17 @@ def read_region(manifest: Manifest, region: str, features: list[str], *, nan_pol
         for sample in manifest.samples.values():
             branches = manifest.branches(region, features, sample)
             parts = []
+            offset = 0  # synthesised ids count on across the files of a sample: unique within it
             for file in sample.files:
-                offset = 0
                 for chunk in _iterate_file(file, sample.tree, branches, step_size, bar):
                     n = len(chunk[branches[0]])
                     mask = evaluate_cut(cut, chunk, manifest.objects)
                     part = {name: manifest.column(name, chunk)[mask] for name in features}
                     part["weight"] = chunk[sample.weight][mask] if sample.weight else np.ones(int(mask.sum()))
+                    if not np.isfinite(part["weight"]).all():
+                        raise DataError(f"{file}: {int((~np.isfinite(part['weight'])).sum())} selected events of "
+                                        f"sample '{sample.name}' have a non-finite weight (branch '{sample.weight}'); "
+                                        "fix or remove them in the ntuple")
                     ids = chunk[manifest.event_id] if manifest.event_id else offset + np.arange(n)
                     part["event_id"] = np.asarray(ids, dtype=np.uint64)[mask]
                     parts.append(pd.DataFrame(part))

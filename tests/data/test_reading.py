@@ -153,6 +153,28 @@ def test_non_finite_features_are_dropped_with_a_warning_or_refused(wh1lbb_manife
         read_region(manifest, "preselection", FEATURES, cache_dir=None, nan_policy="raise")
 
 
+def test_a_non_finite_weight_is_refused_naming_file_sample_and_branch(wh1lbb_manifest, tmp_path):
+    path = tmp_path / "wjets.root"
+    ev, meta = read_root(path), read_root_metadata(path)
+    ev["weight"][np.flatnonzero(numpy_region(ev, "preselection"))[0]] = np.inf
+    write_root(path, ev, meta)
+    with pytest.raises(DataError, match=r"wjets.root: 1 selected events of sample 'wjets' have a non-finite "
+                                        r"weight \(branch 'weight'\)"):
+        read_region(load_manifest(wh1lbb_manifest), "preselection", FEATURES, cache_dir=None)
+
+
+def test_synthesised_event_ids_are_unique_across_the_files_of_a_sample(wh1lbb_manifest, tmp_path):
+    import shutil
+
+    shutil.copy(tmp_path / "ttbar.root", tmp_path / "ttbar_more.root")
+    edit(wh1lbb_manifest, lambda m: [m.pop("event_id"),
+                                     m["samples"]["ttbar"].update(files=["ttbar.root", "ttbar_more.root"])])
+    table = read_region(load_manifest(wh1lbb_manifest), "preselection", FEATURES, cache_dir=None)
+    ids = table.loc[table["sample"] == "ttbar", "event_id"]
+    assert len(ids) == 2 * numpy_region(read_root(tmp_path / "ttbar.root"), "preselection").sum()
+    assert ids.is_unique
+
+
 def test_parquet_inputs_read_like_root(wh1lbb_manifest, tmp_path):
     from lit_vae.data.io import write_parquet
 
