@@ -75,12 +75,14 @@ def train_and_generate(label: str, args: list[str], run_dir: Path, epochs: int, 
     if any(a.startswith("--trainer.max_epochs") for a in args):  # a run that names its own epochs
         epochs = int(next(a for a in args if a.startswith("--trainer.max_epochs")).split("=")[1])
     fit = [LITVAE, "fit", *args, f"--trainer.max_epochs={epochs}", "--trainer.enable_progress_bar=false"]
-    subprocess.run(fit, cwd=run_dir, check=True, stdout=subprocess.DEVNULL)
+    with open(run_dir / "fit.log", "w") as log:
+        subprocess.run(fit, cwd=run_dir, check=True, stdout=log, stderr=subprocess.STDOUT)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     best = next((run_dir / "runs" / "lit-vae" / "version_0" / "checkpoints").glob("best-*.ckpt"))
     subprocess.run([LITVAE, "generate", "--ckpt_path", str(best), "--n_events", str(n_events),
-                    "--output", str(gen)], cwd=run_dir, check=True, stdout=subprocess.DEVNULL)
+                    "--output", str(gen)], cwd=run_dir, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
     _, metadata = read_events(gen)
     result = {"label": label, "fit_wall_s": time.perf_counter() - start, "fit_cpu_s": cpu,
               "epochs": epochs, "events_per_second": metadata["events_per_second"]}
@@ -125,7 +127,7 @@ def main() -> None:
         try:
             timings[label] = train_and_generate(label, fit_args, out / slug(label), args.epochs, args.events)
         except subprocess.CalledProcessError as error:
-            print(f"  failed ({error}); left out of the table", flush=True)
+            print(f"  failed ({error}; see {out / slug(label) / 'fit.log'}); left out of the table", flush=True)
     labels = list(timings)  # evaluated under their slugs (file names of figures), tabulated under their labels
     subprocess.run([LITVAE, "evaluate", "generation", "--generated",
                     *(str(out / slug(k) / "gen.parquet") for k in labels), "--labels", *map(slug, labels),

@@ -19,7 +19,7 @@ import lightning as L
 import numpy as np
 import torch
 from jsonargparse import ArgumentError
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from tqdm import tqdm
 
@@ -42,8 +42,12 @@ class LitVAETrainer(L.Trainer):
         None keeps torch's default)."""
         if num_threads:
             torch.set_num_threads(num_threads)
-        if kwargs.get("logger") is False:  # nothing to log the learning rate to: drop the monitor of base.yaml
-            kwargs["callbacks"] = [c for c in kwargs.get("callbacks") or [] if not isinstance(c, LearningRateMonitor)]
+        # base.yaml's learning-rate monitor and progress bar give way to --trainer.logger=false and
+        # --trainer.enable_progress_bar=false (Lightning refuses the combinations).
+        unwanted = (LearningRateMonitor,) * (kwargs.get("logger") is False) \
+            + (ProgressBar,) * (kwargs.get("enable_progress_bar") is False)
+        if unwanted:
+            kwargs["callbacks"] = [c for c in kwargs.get("callbacks") or [] if not isinstance(c, unwanted)]
         super().__init__(**kwargs)
 
     def predict(self, model=None, dataloaders=None, datamodule=None, return_predictions=None,

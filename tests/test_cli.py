@@ -110,12 +110,14 @@ def test_predict_scores_the_checkpoints_held_out_part_whatever_the_run_says(trai
         assert not (tmp_path / "d.parquet").exists()
 
 
-def test_fit_without_a_logger_runs(wh1lbb_manifest, tmp_path, monkeypatch):
-    """--trainer.logger=false drops the learning-rate monitor of base.yaml instead of failing on it."""
+def test_fit_without_a_logger_or_progress_bar_runs(wh1lbb_manifest, tmp_path, monkeypatch):
+    """--trainer.logger=false and --trainer.enable_progress_bar=false drop the learning-rate monitor and the
+    progress bar of base.yaml instead of failing on them."""
     monkeypatch.chdir(tmp_path)
     config = str(REPO / "configs" / "wh1lbb" / "preselection.yaml")
     assert main(["fit", "--config", config, *data_args(wh1lbb_manifest), "--trainer.max_epochs", "1",
-                 "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "plain")]) == 0
+                 "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+                 "--trainer.default_root_dir", str(tmp_path / "plain")]) == 0
     assert list((tmp_path / "plain").rglob("last.ckpt"))
 
 

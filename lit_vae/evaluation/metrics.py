@@ -139,10 +139,13 @@ def mmd_poly(x: np.ndarray, y: np.ndarray, degree: int = 4) -> float:
 def kpd(reference: np.ndarray, other: np.ndarray, batch_size: int = 5000, n_batches: int = 10,
         seed: int = 0) -> tuple[float, float]:
     """Kernel physics distance: median over n_batches random batches of the unbiased polynomial MMD^2,
-    and half the 16-84 % spread."""
+    and half the 16-84 % spread. Batches hold at most half of each sample, so that they differ (and the
+    spread means something) also when a sample is no larger than one batch."""
     x, y = normalise_by_max(reference, other)
     rng = np.random.default_rng(seed)
-    n = min(batch_size, len(x), len(y))
+    n = min(batch_size, len(x) // 2, len(y) // 2)
+    if n < 2:
+        raise ValueError(f"KPD needs at least 4 events per sample, got {len(x)} and {len(y)}")
     values = [mmd_poly(x[rng.choice(len(x), n, replace=False)], y[rng.choice(len(y), n, replace=False)])
               for _ in range(n_batches)]
     lo, median, hi = np.percentile(values, [16, 50, 84])

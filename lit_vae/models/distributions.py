@@ -31,10 +31,12 @@ def gaussian_log_prob(x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) ->
 
 
 def clipped_lognormal_log_prob(x, fraction, mu, sigma, threshold: float = CLIP_THRESHOLD) -> torch.Tensor:
-    """log f(x): a point mass `fraction` below threshold, and (1 - fraction) x LogNormal(mu, sigma) above."""
+    """log f(x): a point mass `fraction` below threshold, and (1 - fraction) x LogNormal(mu, sigma) truncated
+    to x >= threshold (renormalised by its mass above the threshold, so that f integrates to 1)."""
     safe = torch.clamp(x, min=threshold)
     log_x = torch.log(safe)
-    continuous = torch.log1p(-fraction) + gaussian_log_prob(log_x, mu, sigma) - log_x
+    log_above = torch.special.log_ndtr((mu - math.log(threshold)) / sigma)  # log P(LogNormal >= threshold)
+    continuous = torch.log1p(-fraction) + gaussian_log_prob(log_x, mu, sigma) - log_x - log_above
     return torch.where(x < threshold, torch.log(fraction), continuous)
 
 
@@ -144,9 +146,14 @@ class ClippedLogNormalHead(Head):
         return clipped_lognormal_log_prob(x, *self.params(raw))
 
     def sample(self, raw, generator=None):
+        """0 with probability fraction, else the log-normal truncated to x >= threshold (inverse CDF from
+        the upper tail: z = -ndtri(u * Phi(-a)) >= a, a = (ln threshold - mu) / sigma)."""
         fraction, mu, sigma = self.params(raw)
         u = torch.rand(mu.shape, generator=generator, device=mu.device)
-        value = torch.exp(mu + sigma * torch.randn(mu.shape, generator=generator, device=mu.device))
+        v = torch.rand(mu.shape, generator=generator, device=mu.device).clamp_min(torch.finfo(mu.dtype).tiny)
+        lowest = (math.log(CLIP_THRESHOLD) - mu) / sigma
+        z = torch.maximum(-torch.special.ndtri(v * torch.special.ndtr(-lowest)), lowest)
+        value = torch.exp(mu + sigma * z)
         return torch.where(u < fraction, torch.zeros_like(value), value)
 
 

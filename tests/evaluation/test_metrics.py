@@ -78,6 +78,9 @@ def test_kpd_is_zero_for_identical_distributions_and_positive_for_different_ones
     assert abs(value) < 3 * spread + 1e-5
     shifted, shifted_spread = m.kpd(a, b * 1.5, batch_size=2000, seed=0)
     assert shifted > 10 * shifted_spread > 0
+    # Samples no larger than one batch still give a spread (batches of half of each sample differ).
+    small, small_spread = m.kpd(a[:1500], b[:1500] * 1.5, batch_size=5000, seed=0)
+    assert small_spread > 0 and small > 3 * small_spread
 
 
 def test_classifier_test_is_half_for_identical_samples_and_names_the_broken_feature(rng):

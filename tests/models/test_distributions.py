@@ -101,6 +101,23 @@ def test_discrete_gaussian_samples_follow_the_pmf():
     np.testing.assert_allclose(np.bincount(samples.long().numpy(), minlength=8)[:8] / len(samples), pmf, atol=0.01)
 
 
+def test_clipped_lognormal_is_normalised_when_much_of_the_log_normal_lies_below_the_threshold():
+    """The continuous part is the log-normal truncated at the threshold; samples never fall below it."""
+    fraction, mu, sigma = torch.tensor(0.3), torch.tensor(np.log(1e-4) + 0.2), torch.tensor(0.5)
+    x = torch.tensor([2e-4, 1e-3])
+    lognormal = stats.lognorm(s=0.5, scale=np.exp(mu.item()))
+    np.testing.assert_allclose(clipped_lognormal_log_prob(x, fraction, mu, sigma).numpy(),
+                               np.log(0.7) + lognormal.logpdf(x.numpy()) - lognormal.logsf(1e-4), rtol=1e-8)
+    cont, _ = integrate.quad(lambda v: np.exp(clipped_lognormal_log_prob(
+        torch.tensor(v), fraction, mu, sigma).item()), 1e-4, np.inf, limit=400)
+    assert 0.3 + cont == pytest.approx(1.0, abs=1e-6)
+    raw = torch.tensor([np.log(0.3 / 0.7), mu.item(), np.log(np.expm1(0.5 - 1e-3))])
+    samples = draw("clipped_lognormal", raw)
+    above = samples[samples > 0].numpy()
+    assert above.min() >= 1e-4
+    assert stats.kstest(above, lambda v: (lognormal.cdf(v) - lognormal.cdf(1e-4)) / lognormal.sf(1e-4)).pvalue > 1e-3
+
+
 def test_clipped_lognormal_samples_follow_the_density():
     raw = torch.tensor([-1.0, 3.0, -0.5])
     samples = draw("clipped_lognormal", raw)
