@@ -193,7 +193,9 @@ def build_cli(args: list[str] | None = None, run: bool = True, exit_on_error: bo
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `lit-vae`."""
     confine_wandb()
-    words = sys.argv[1:] if argv is None else argv
+    words = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in words or os.environ.get("LIT_VAE_DEBUG") == "1"  # tracebacks for lit-vae's own errors
+    words = [w for w in words if w != "--debug"]
     try:
         if words[:1] == ["evaluate"]:
             from lit_vae.evaluation.command import run as evaluate
@@ -204,9 +206,11 @@ def main(argv: list[str] | None = None) -> int:
 
             sweep(words[1:])
         else:
-            build_cli(argv)
+            build_cli(words)
     except LitVAEError as err:
-        print(f"lit-vae: error: {err}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"lit-vae: error: {err} (--debug or LIT_VAE_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2
     finally:  # one W&B run per command, also when called in-process (tests, sweeps)
         wandb = sys.modules.get("wandb")

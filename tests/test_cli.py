@@ -13,6 +13,7 @@ import uproot
 
 from lit_vae.cli import main
 from lit_vae.data.io import read_events
+from lit_vae.errors import ConfigError
 
 from .paths import REPO
 
@@ -155,8 +156,11 @@ def test_lit_vae_errors_are_one_line(wh1lbb_manifest, tmp_path):
     result = run_cli("generate", *data_args(wh1lbb_manifest), "--output", "x.parquet", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "lit-vae: error: generate needs --ckpt_path CKPT, a checkpoint written by `lit-vae fit`")
-    assert not (tmp_path / "x.parquet").exists()
+        "lit-vae: error: generate needs --ckpt_path CKPT, a checkpoint written by `lit-vae fit` "
+        "(--debug or LIT_VAE_DEBUG=1 shows the traceback)")
+    assert "Traceback" not in result.stderr and not (tmp_path / "x.parquet").exists()
+    with pytest.raises(ConfigError, match="generate needs --ckpt_path"):  # --debug: the error itself
+        main(["generate", *data_args(wh1lbb_manifest), "--output", str(tmp_path / "x.parquet"), "--debug"])
 
 
 @pytest.mark.slow

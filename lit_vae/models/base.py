@@ -12,6 +12,7 @@ generators add val/w1_mean (mean 1-D Wasserstein-1 of generated vs validation ev
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Literal
 
 import lightning as L
@@ -191,12 +192,23 @@ class BaseVAE(L.LightningModule):
         w1 = np.mean([wasserstein_distance(generated[:, j], reference[:, j]) for j in range(self.n_features)])
         self.log("val/w1_mean", float(w1), sync_dist=True)
 
+    def make_optimizer(self, parameters) -> torch.optim.Optimizer:
+        """The `optimizer` init arg over parameters at `learning_rate`; an lr given to the optimizer itself
+        that contradicts learning_rate is refused (it would be silently replaced)."""
+        optimizer = self.optimizer_factory(parameters)
+        default = inspect.signature(type(optimizer).__init__).parameters.get("lr")
+        given = optimizer.defaults.get("lr")
+        if default is not None and given not in (default.default, self.learning_rate):
+            raise ConfigError(f"model.init_args.optimizer.init_args.lr = {given} contradicts "
+                              f"model.init_args.learning_rate = {self.learning_rate}: set learning_rate only")
+        for group in optimizer.param_groups:
+            group["lr"] = self.learning_rate
+        return optimizer
+
     def configure_optimizers(self):
         """One optimiser from the `optimizer` init arg; its learning rate is always `learning_rate`, so a
         sweep over the learning rate is the single key model.init_args.learning_rate."""
-        optimizer = self.optimizer_factory(self.parameters())
-        for group in optimizer.param_groups:
-            group["lr"] = self.learning_rate
+        optimizer = self.make_optimizer(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer),

@@ -129,14 +129,9 @@ class VAED(VAE):
                 scheduler.step()
 
     def configure_optimizers(self):
-        optimizers = []
         groups = ([*self.encoder.parameters(), *self.prior.parameters()], self.decoder.parameters(),
                   self.discriminator.parameters())
-        for parameters in groups:
-            optimizer = self.optimizer_factory(parameters)
-            for group in optimizer.param_groups:
-                group["lr"] = self.learning_rate
-            optimizers.append(optimizer)
+        optimizers = [self.make_optimizer(parameters) for parameters in groups]
         if self.scheduler_factory is None:
             return optimizers
         return optimizers, [self.scheduler_factory(o) for o in optimizers]

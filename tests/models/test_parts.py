@@ -146,3 +146,17 @@ def test_generation_samples_what_the_missing_events_need():
     assert _next_size(10**7, 100_000, half) == 100_000
     assert _next_size(3000, 100_000, Tally()) == 3301
     assert _next_size(5, 100_000, Tally(sampled=10**6, accepted=0)) == 5501  # acceptance floored at 1e-3
+
+
+@pytest.mark.parametrize("cls", [VAE, VAED])
+def test_an_optimizer_lr_that_contradicts_learning_rate_is_refused(cls):
+    """learning_rate sets every optimiser's rate; an lr given to the optimizer itself must agree with it."""
+    def adam(lr):
+        return lambda parameters: torch.optim.Adam(parameters, lr=lr)
+
+    with pytest.raises(ConfigError, match=r"optimizer.init_args.lr = 0.5 contradicts .*learning_rate = 0.002"):
+        cls(n_features=3, learning_rate=2e-3, optimizer=adam(0.5)).configure_optimizers()
+    for optimizer in (adam(2e-3), torch.optim.Adam):
+        configured = cls(n_features=3, learning_rate=2e-3, optimizer=optimizer).configure_optimizers()
+        optimizers = configured if isinstance(configured, list) else [configured]
+        assert {g["lr"] for o in optimizers for g in o.param_groups} == {2e-3}
