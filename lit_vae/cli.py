@@ -28,7 +28,7 @@ from lit_vae.data.datamodule import EventDataModule
 from lit_vae.data.io import EventWriter
 from lit_vae.errors import ConfigError, LitVAEError
 from lit_vae.generation import Tally, generate_columns, physics_of
-from lit_vae.models.base import BaseVAE, load_model
+from lit_vae.models.base import BaseVAE, load_model, read_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BASE_CONFIG = CONFIGS / "base.yaml"
@@ -49,6 +49,11 @@ class LitVAETrainer(L.Trainer):
         if unwanted:
             kwargs["callbacks"] = [c for c in kwargs.get("callbacks") or [] if not isinstance(c, unwanted)]
         super().__init__(**kwargs)
+
+    def fit(self, model, train_dataloaders=None, val_dataloaders=None, datamodule=None, ckpt_path: str | None = None,
+            weights_only: bool = True):
+        """Lightning's fit; a resumed checkpoint (--ckpt_path) is unpickled as tensors and plain data only."""
+        return super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
 
     def predict(self, model=None, dataloaders=None, datamodule=None, return_predictions=None,
                 ckpt_path: str | None = None, output: str = "scores.parquet"):
@@ -164,6 +169,15 @@ class LitVAECLI(LightningCLI):
             if cause is None:
                 raise
             raise cause from None
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads a --ckpt_path's hyperparameters before anything else: check the file first, so
+        that a crafted, truncated or foreign checkpoint is refused in one line, not a traceback."""
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and Path(path).is_file():
+            read_checkpoint(path)
+        super()._parse_ckpt_path()
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.n_features", "model.init_args.n_features", apply_on="instantiate")

@@ -122,6 +122,36 @@ def test_fit_without_a_logger_or_progress_bar_runs(wh1lbb_manifest, tmp_path, mo
     assert list((tmp_path / "plain").rglob("last.ckpt"))
 
 
+class _Payload:
+    """Unpickling this creates a file: what a checkpoint crafted to run code would do."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_untrusted_corrupt_and_foreign_checkpoints_are_refused_in_one_line(wh1lbb_manifest, tmp_path, capsys):
+    import torch
+
+    marker = tmp_path / "pwned"
+    evil, truncated, foreign = tmp_path / "evil.ckpt", tmp_path / "truncated.ckpt", tmp_path / "foreign.ckpt"
+    torch.save({"lit_vae": {"class_path": "lit_vae.models.VAE"}, "payload": _Payload(marker)}, evil)
+    torch.save({"state_dict": {"w": torch.zeros(10_000)}}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:20_000])
+    torch.save({"lit_vae": {"class_path": "os.system"}, "state_dict": {}}, foreign)
+    for path, message in ((evil, "refused, it holds more than tensors and plain data"),
+                          (truncated, "not a readable checkpoint"),
+                          (foreign, "is not a lit-vae checkpoint (model class os.system)"),
+                          (tmp_path / "missing.ckpt", "no such checkpoint")):
+        assert main(["generate", *data_args(wh1lbb_manifest), "--ckpt_path", str(path),
+                     "--output", str(tmp_path / "gen.parquet")]) == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and f"{path}" in error and message in error, error
+    assert not marker.exists() and not (tmp_path / "gen.parquet").exists()
+
+
 def test_generate_writes_physical_events(trained, tmp_path):
     output = tmp_path / "gen.parquet"
     assert main(["generate", *data_args(trained["manifest"]), "--ckpt_path", str(trained["ckpt"]),

@@ -11,8 +11,9 @@ generators add val/w1_mean (mean 1-D Wasserstein-1 of generated vs validation ev
 
 from __future__ import annotations
 
-import importlib
 import inspect
+import pickle
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -230,11 +231,37 @@ class BaseVAE(L.LightningModule):
         return {**self.score(batch), **ids}
 
 
+def read_checkpoint(checkpoint_path: str, map_location: str = "cpu") -> dict:
+    """A lit-vae checkpoint's contents, unpickled as tensors and plain data only (torch.load(weights_only=True)):
+    a file crafted to run code, a truncated file or another program's checkpoint is refused in one line."""
+    if not Path(checkpoint_path).is_file():
+        raise ConfigError(f"{checkpoint_path}: no such checkpoint; give a .ckpt written by `lit-vae fit`")
+    try:
+        checkpoint = torch.load(checkpoint_path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = str(err).splitlines()[0][:160]
+        raise ConfigError(f"{checkpoint_path}: refused, it holds more than tensors and plain data ({reason}); "
+                          "load only checkpoints written by `lit-vae fit`") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise ConfigError(f"{checkpoint_path}: not a readable checkpoint ({str(err).splitlines()[0][:160]}); "
+                          "it may be truncated: use another checkpoint of the run (last.ckpt, best-*.ckpt)") from None
+    model_class(checkpoint, checkpoint_path)
+    return checkpoint
+
+
+def model_class(checkpoint: dict, checkpoint_path: str) -> type[BaseVAE]:
+    """The lit-vae model class a checkpoint records (only classes of lit_vae.models)."""
+    from lit_vae import models
+
+    class_path = checkpoint.get("lit_vae", {}).get("class_path", "") if isinstance(checkpoint, dict) else ""
+    cls = getattr(models, class_path.rpartition(".")[2], None) if class_path.startswith("lit_vae.models.") else None
+    if not (isinstance(cls, type) and issubclass(cls, BaseVAE)):
+        raise ConfigError(f"{checkpoint_path} is not a lit-vae checkpoint (model class {class_path or 'missing'}); "
+                          "give a .ckpt written by `lit-vae fit`")
+    return cls
+
+
 def load_model(checkpoint_path: str, map_location: str = "cpu") -> BaseVAE:
     """Load a lit-vae checkpoint as its concrete class, in a fresh process, with nothing else."""
-    checkpoint = torch.load(checkpoint_path, map_location=map_location, weights_only=False)
-    if "lit_vae" not in checkpoint:
-        raise ConfigError(f"{checkpoint_path} is not a lit-vae checkpoint (no 'lit_vae' entry)")
-    module, _, name = checkpoint["lit_vae"]["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    return cls.load_from_checkpoint(checkpoint_path, map_location=map_location)
+    cls = model_class(read_checkpoint(checkpoint_path, map_location), checkpoint_path)
+    return cls.load_from_checkpoint(checkpoint_path, map_location=map_location, weights_only=True)
