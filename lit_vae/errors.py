@@ -13,6 +13,10 @@ class DataError(LitVAEError):
     """A missing file or branch, a NaN, an empty selection."""
 
 
+class NumericalError(LitVAEError):
+    """A non-finite loss during training."""
+
+
 class OutputError(LitVAEError):
     """An output path that cannot be written."""
 

@@ -24,7 +24,7 @@ from scipy.stats import wasserstein_distance
 from torchmetrics import MeanMetric
 
 from lit_vae.data.transforms import FeatureTransform
-from lit_vae.errors import ConfigError
+from lit_vae.errors import ConfigError, NumericalError
 from lit_vae.models.components import GaussianEncoder, build_decoder, check_plausible, hidden_sizes, reparameterise
 from lit_vae.models.priors import build_prior
 
@@ -46,7 +46,8 @@ class BaseVAE(L.LightningModule):
                  prior: Literal["normal", "learnable", "flow"] | None = None,
                  kl_form: Literal["true", "paper"] = "true",
                  heads: dict[str, str] | None = None, feature_weights: dict[str, float] | None = None,
-                 flow_transforms: int = 5, flow_hidden: int = 128, flow_passes: int | None = None):
+                 flow_transforms: int = 5, flow_hidden: int = 128, flow_passes: int | None = None,
+                 nan_policy: Literal["stop", "skip"] = "stop"):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.feature_kinds = list(feature_kinds or ["real"] * n_features)
@@ -63,6 +64,7 @@ class BaseVAE(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.transform = FeatureTransform(self.feature_kinds)
         self.kl_form = kl_form
+        self.nan_policy = nan_policy  # a non-finite training loss: stop with one line, or skip the batch
         self.encoder = GaussianEncoder(n_features, self.sizes, latent_dim, activation)
         decoder, prior = decoder or self.preset["decoder"], prior or self.preset["prior"]
         self.decoder = build_decoder(decoder, latent_dim, self.sizes, self.feature_names, self.feature_kinds,
@@ -137,10 +139,27 @@ class BaseVAE(L.LightningModule):
             return (values * batch["weight"]).sum() / batch["weight"].sum()
         return values.mean()
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.weighted_mean(self.losses(batch)["loss"], batch)
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        parts = self.losses(batch)
+        loss = self.weighted_mean(parts["loss"], batch)
+        if not self.finite(loss, lambda: {k: self.weighted_mean(parts[k], batch) for k in ("recon", "kl")}):
+            return None  # Lightning skips the optimiser step
         self.log_train("train/loss", loss, len(batch["x"]), prog_bar=True)
         return loss
+
+    def finite(self, loss: torch.Tensor, parts) -> bool:
+        """Whether a training loss is finite (one host sync per step). If not: with nan_policy 'stop' raise a
+        NumericalError naming epoch, step and the non-finite parts (parts() gives them by name); with 'skip'
+        count the batch in train/skipped_batches and return False."""
+        if torch.isfinite(loss).all():
+            return True
+        if self.nan_policy == "skip":
+            self.log("train/skipped_batches", 1.0, on_step=False, on_epoch=True, reduce_fx="sum")
+            return False
+        bad = [name for name, value in parts().items() if not torch.isfinite(value).all()] or ["total"]
+        raise NumericalError(f"non-finite training loss ({', '.join(bad)}) at epoch {self.current_epoch}, step "
+                             f"{self.global_step}; the last checkpoint is intact. Lower the learning rate, clip "
+                             "gradients, check the inputs, or set --model.init_args.nan_policy=skip")
 
     def log_train(self, name: str, value: torch.Tensor, n: int, prog_bar: bool = False) -> None:
         """Log a training value every log_every_n_steps steps (to the progress bar too when prog_bar) and

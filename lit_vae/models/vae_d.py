@@ -74,10 +74,14 @@ class VAED(VAE):
             raise ConfigError("VAED's three backward passes each reach one network, which plain DDP refuses: "
                               "use --trainer.strategy=ddp_find_unused_parameters_true")
 
-    def _step(self, optimizer, loss_fn, counted: bool) -> torch.Tensor:
-        """Compute loss_fn() with only optimizer's parameters trainable, backpropagate, clip, step."""
+    def _step(self, optimizer, loss_fn, counted: bool, name: str) -> torch.Tensor | None:
+        """Compute loss_fn() with only optimizer's parameters trainable, backpropagate, clip, step (None,
+        nothing stepped, for a non-finite loss under nan_policy 'skip')."""
         self.toggle_optimizer(optimizer)
         loss = loss_fn()
+        if not self.finite(loss, lambda: {name: loss}):
+            self.untoggle_optimizer(optimizer)
+            return None
         optimizer.zero_grad()
         self.manual_backward(loss)
         if self.gradient_clip_val:
@@ -111,9 +115,11 @@ class VAED(VAE):
             return self.beta * self.weighted_mean(parts["kl"], batch) + self.gamma * self.weighted_mean(
                 parts["recon"], batch)
 
-        l_disc = self._step(opt_discriminator, discriminator_step, counted=False)
-        l_dec = self._step(opt_decoder, decoder_step, counted=False)
-        l_enc = self._step(opt_encoder, encoder_step, counted=True)
+        l_disc = self._step(opt_discriminator, discriminator_step, counted=False, name="discriminator")
+        l_dec = None if l_disc is None else self._step(opt_decoder, decoder_step, counted=False, name="decoder")
+        l_enc = None if l_dec is None else self._step(opt_encoder, encoder_step, counted=True, name="encoder")
+        if l_enc is None:
+            return
         self.log_train("train/loss", l_enc, len(x), prog_bar=True)
         self.log_train("train/disc", l_disc, len(x))
         self.log_train("train/dec", l_dec, len(x))

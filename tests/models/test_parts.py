@@ -160,3 +160,29 @@ def test_an_optimizer_lr_that_contradicts_learning_rate_is_refused(cls):
         configured = cls(n_features=3, learning_rate=2e-3, optimizer=optimizer).configure_optimizers()
         optimizers = configured if isinstance(configured, list) else [configured]
         assert {g["lr"] for o in optimizers for g in o.param_groups} == {2e-3}
+
+
+@pytest.mark.parametrize("cls", [VAE, VAED])
+def test_a_non_finite_loss_stops_training_in_one_line_or_skips_the_batch(cls, tmp_path):
+    """nan_policy 'stop' (default): NumericalError naming epoch, step and part; 'skip': the batch is
+    skipped, counted, and the weights stay finite."""
+    from lit_vae.errors import NumericalError
+
+    generator = torch.Generator().manual_seed(3)
+    good = [{"x": torch.randn(32, 3, generator=generator), "weight": torch.ones(32)} for _ in range(3)]
+    bad = {"x": good[0]["x"].clone(), "weight": torch.ones(32)}
+    bad["x"][5, 1] = float("inf")
+    batches = torch.utils.data.DataLoader([good[0], good[1], bad, good[2]], batch_size=None)  # batches as they are
+    for policy in ("stop", "skip"):
+        L.seed_everything(0)
+        model = cls(n_features=3, latent_dim=2, n_nodes=8, w1_events=0, nan_policy=policy)
+        trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path,
+                            limit_val_batches=0)
+        if policy == "stop":
+            with pytest.raises(NumericalError, match=r"non-finite training loss \(\w+.*\) at epoch 0, step 2;"):
+                trainer.fit(model, train_dataloaders=batches)
+        else:
+            trainer.fit(model, train_dataloaders=batches)
+            assert trainer.callback_metrics["train/skipped_batches"].item() == 1
+            assert all(torch.isfinite(p).all() for p in model.parameters())
