@@ -245,8 +245,9 @@ def evaluate(expression: str, columns: Mapping, objects: Mapping[str, Mapping] |
     def walk(node: ast.AST):
         if isinstance(node, ast.Name):
             return columns[node.id] if is_torch else np.asarray(columns[node.id])
-        if isinstance(node, ast.Constant):
-            return node.value
+        if isinstance(node, ast.Constant):  # floating point: 9**9**9 is inf at once, not a giant integer
+            value = _as_float(node.value)
+            return torch.tensor(value, dtype=torch.float64) if is_torch else np.float64(value)
         if isinstance(node, ast.BoolOp):
             values = [walk(v) for v in node.values]
             result = values[0]
@@ -278,6 +279,16 @@ def evaluate(expression: str, columns: Mapping, objects: Mapping[str, Mapping] |
             return walk(tree.body)
     except RecursionError:
         raise ConfigError(f"expression '{expression[:60]}...' is nested too deeply") from None
+    except (ArithmeticError, ValueError, TypeError, RuntimeError) as err:
+        raise ConfigError(f"expression '{expression[:60]}' cannot be evaluated: {err}") from None
+
+
+def _as_float(value: int | float) -> float:
+    """A numeric constant as a float (integers beyond the float range become inf)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
 
 
 def _as_array(backend: _Backend, value, like):

@@ -80,3 +80,45 @@ def test_hostile_cuts_are_rejected_before_anything_runs(tmp_path, cut, shown):
 def test_malformed_cuts_say_why(cut, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         evaluate_cut(cut, COLUMNS)
+
+
+# --- fuzzing: whatever the text, an expression is a mask or a ConfigError, and nothing runs -------------
+
+NAMES = [*COLUMNS, "__import__", "open", "os", "eval", "exec", "globals", "sqrt", "abs", "min", "log", "exp",
+         "mass", "l1", "unknown", "lambda", "x"]
+OPERATORS = ["&&", "||", "!", "and", "or", "not", "+", "-", "*", "/", "**", "%", "//", "<", "<=", ">", ">=",
+             "==", "!=", "&", "|", "^", "~", ".", ",", ":", ";", "=", "@", "[", "]", "{", "}", "'", '"']
+LEAVES = st.one_of(st.sampled_from(NAMES), st.integers(-10**30, 10**30).map(str),
+                   st.floats(allow_nan=True, allow_infinity=True).map(repr), st.sampled_from(["1e999", "9**9**9"]))
+
+
+def _expressions():
+    """Random expression trees: operators, calls of any name with any arity, attributes and subscripts."""
+    return st.recursive(LEAVES, lambda inner: st.one_of(
+        st.tuples(inner, st.sampled_from(OPERATORS), inner).map(" ".join),
+        st.tuples(st.sampled_from(["!", "-", "not ", "~"]), inner).map("".join),
+        st.tuples(st.sampled_from(NAMES), st.lists(inner, max_size=3)).map(lambda t: f"{t[0]}({', '.join(t[1])})"),
+        st.tuples(inner, st.sampled_from(NAMES)).map(lambda t: f"({t[0]}).{t[1]}"),
+        inner.map(lambda e: f"({e})"), inner.map(lambda e: f"met[{e}]"),
+    ), max_leaves=12)
+
+
+def _mask_or_config_error(expression: str) -> None:
+    try:
+        mask = evaluate_cut(expression, COLUMNS)
+    except ConfigError:
+        return
+    assert mask.dtype == bool and mask.shape == (5000,)
+
+
+@settings(max_examples=300, deadline=None)
+@given(expression=_expressions())
+def test_random_expression_trees_give_a_mask_or_a_config_error(expression):
+    _mask_or_config_error(expression)
+
+
+@settings(max_examples=300, deadline=None)
+@given(expression=st.lists(st.sampled_from([*"metmbb_().,'\"[]{}:;=!&|<>+-*/%~^@ 0123456789e", "__import__",
+                                             "open(", "lambda", "**"]), max_size=40).map("".join))
+def test_random_text_gives_a_mask_or_a_config_error(expression):
+    _mask_or_config_error(expression)
