@@ -122,6 +122,31 @@ def test_fit_without_a_logger_or_progress_bar_runs(wh1lbb_manifest, tmp_path, mo
     assert list((tmp_path / "plain").rglob("last.ckpt"))
 
 
+@pytest.mark.parametrize("config, extra", [
+    ("zgamma/vae.yaml", []),
+    ("zgamma/vae_d.yaml", ["--model.init_args.n_nodes", "16"]),  # three optimisers, stepped by hand
+    ("wh1lbb/preselection.yaml", ["--model.init_args.prior", "flow"]),
+])
+def test_a_resumed_fit_ends_exactly_where_an_uninterrupted_one_does(wh1lbb_manifest, tmp_path, monkeypatch,
+                                                                     config, extra):
+    """Three epochs straight, or one epoch (the state a run killed after its first checkpoint leaves on disk)
+    and then --ckpt_path that checkpoint: the same final validation loss (batch order, optimiser, scheduler
+    and noise stream all resume)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    args = ["fit", "--config", str(REPO / "configs" / config), *data_args(wh1lbb_manifest), *extra,
+            "--trainer.enable_progress_bar", "false"]
+    runs = tmp_path / "runs" / "lit-vae"
+    assert main([*args, "--trainer.max_epochs", "3"]) == 0
+    assert main([*args, "--trainer.max_epochs", "1"]) == 0
+    first = runs / "version_1" / "checkpoints" / "last.ckpt"
+    assert main([*args, "--trainer.max_epochs", "3", "--ckpt_path", str(first)]) == 0
+    straight, resumed = (pd.read_csv(runs / v / "metrics.csv")["val/loss"].dropna().to_numpy()
+                         for v in ("version_0", "version_2"))
+    assert len(straight) == 3 and len(resumed) == 2
+    np.testing.assert_allclose(resumed, straight[1:], rtol=1e-6, atol=0)
+
+
 class _Payload:
     """Unpickling this creates a file: what a checkpoint crafted to run code would do."""
 

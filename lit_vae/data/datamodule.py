@@ -39,12 +39,13 @@ DEFAULT_TRAIN_FRACTION = 0.6
 
 
 class EventBatches:
-    """An iterable of dict batches sliced from tensors; shuffled from seed + epoch when shuffle is set."""
+    """An iterable of dict batches sliced from tensors; shuffled from seed + epoch when shuffle is set. The
+    epoch is the trainer's when one is given (a resumed run continues the same batch order), else counted."""
 
     def __init__(self, tensors: dict[str, torch.Tensor], batch_size: int, *, shuffle: bool, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, trainer=None):
         self.tensors, self.batch_size, self.shuffle, self.seed = tensors, batch_size, shuffle, seed
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.trainer = rank, world_size, trainer
         self.n = len(next(iter(tensors.values())))
         # Training shards are equal (n // world_size); evaluation shards stride over every event.
         self.per_rank = self.n // world_size if shuffle else len(range(rank, self.n, world_size))
@@ -55,7 +56,8 @@ class EventBatches:
 
     def __iter__(self):
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            epoch = self.trainer.current_epoch if self.trainer is not None else self.epoch
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             order = torch.randperm(self.n, generator=generator)
             order = order[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
             self.epoch += 1
@@ -271,7 +273,7 @@ class EventDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         return EventBatches(self._parts[part], self.batch_size, shuffle=shuffle, seed=self.seed,
-                            rank=rank, world_size=world)
+                            rank=rank, world_size=world, trainer=trainer)
 
     def train_dataloader(self) -> EventBatches:
         return self._loader("train", shuffle=True)

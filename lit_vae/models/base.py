@@ -29,6 +29,7 @@ from lit_vae.models.components import GaussianEncoder, build_decoder, check_plau
 from lit_vae.models.priors import build_prior
 
 VAL_METRICS = ("loss", "elbo", "recon", "kl")
+VALIDATION_SEED = 20_240_101  # the fixed noise of every validation pass
 
 
 class BaseVAE(L.LightningModule):
@@ -77,6 +78,8 @@ class BaseVAE(L.LightningModule):
         self.test_means = torch.nn.ModuleDict({k: MeanMetric() for k in ("background", "signal")})
         self.train_means: dict[str, MeanMetric] = {}
         self._val_x: list[torch.Tensor] = []
+        self._training_rng: torch.Tensor | None = None  # the training noise stream, set aside during validation
+        self._resumed_rng: torch.Tensor | None = None  # a checkpoint's training noise stream, set at train start
 
     # --- data the model carries ---------------------------------------------------------------------
     def _setup_data(self, stage: str) -> None:
@@ -96,12 +99,28 @@ class BaseVAE(L.LightningModule):
             "feature_names": self.feature_names, "feature_kinds": self.feature_kinds,
             "manifest_hash": self.manifest_hash, "transform": self.transform.state(), "data_split": self.data_split,
             "physics": self.physics,
+            # the training noise stream (validation runs on its own), so that a resumed fit continues it
+            "rng_state": self._training_rng if self._training_rng is not None else torch.get_rng_state(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.manifest_hash = checkpoint.get("lit_vae", {}).get("manifest_hash", "")
         self.data_split = checkpoint.get("lit_vae", {}).get("data_split", {})
         self.physics = checkpoint.get("lit_vae", {}).get("physics", {})
+        self._resumed_rng = checkpoint.get("lit_vae", {}).get("rng_state")
+
+    def on_train_start(self) -> None:
+        """A resumed fit continues the checkpoint's training noise stream (set after Lightning's restore)."""
+        if self._resumed_rng is not None:
+            torch.set_rng_state(self._resumed_rng)
+            self._resumed_rng = None
+
+    def on_validation_epoch_start(self) -> None:
+        """Validation draws its own fixed noise (the same every epoch) and leaves the training stream as it
+        was: validation losses are comparable between epochs and a resumed run trains exactly as an
+        uninterrupted one."""
+        self._training_rng = torch.get_rng_state()
+        torch.manual_seed(VALIDATION_SEED)
 
     # --- the model's parts ---------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -201,6 +220,8 @@ class BaseVAE(L.LightningModule):
                 self.log(f"test/loss_{name}", metric, on_epoch=True, batch_size=len(score))
 
     def on_validation_epoch_end(self) -> None:
+        torch.set_rng_state(self._training_rng)
+        self._training_rng = None
         for name in VAL_METRICS:  # logged once per epoch: a per-step self.log costs ~1 ms on these models
             self.log(f"val/{name}", self.val_means[name], prog_bar=name == "loss")
         if not self.is_generator or not self._val_x:
