@@ -177,7 +177,8 @@ class LitVAECLI(LightningCLI):
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if path and Path(path).is_file():
             read_checkpoint(path)
-        super()._parse_ckpt_path()
+        if subcommand != "generate":  # generate builds everything from the checkpoint itself (load_model):
+            super()._parse_ckpt_path()  # its hyper-parameters must not meet a config's default data
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.n_features", "model.init_args.n_features", apply_on="instantiate")

@@ -147,6 +147,19 @@ def test_a_resumed_fit_ends_exactly_where_an_uninterrupted_one_does(wh1lbb_manif
     np.testing.assert_allclose(resumed, straight[1:], rtol=1e-6, atol=0)
 
 
+def test_generate_needs_nothing_but_the_checkpoint(wh1lbb_manifest, tmp_path, monkeypatch):
+    """A model with per-feature head overrides generates from --ckpt_path alone (its hyper-parameters are not
+    merged into the default config, whose data have other features)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert main(["fit", "--config", str(REPO / "configs" / "wh1lbb" / "preselection.yaml"), *data_args(wh1lbb_manifest),
+                 "--model.init_args.heads", "{njet30: poisson}", "--trainer.max_epochs", "1"]) == 0
+    ckpt = tmp_path / "runs" / "lit-vae" / "version_0" / "checkpoints" / "last.ckpt"
+    assert main(["generate", "--ckpt_path", str(ckpt), "--n_events", "500", "--output", "gen.parquet"]) == 0
+    events = pd.read_parquet(tmp_path / "gen.parquet")
+    assert len(events) == 500 and (events["njet30"] >= 2).all() and (events["njet30"] <= 3).all()
+
+
 class _Payload:
     """Unpickling this creates a file: what a checkpoint crafted to run code would do."""
 
