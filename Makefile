@@ -55,6 +55,11 @@ DEMO_BEST_EPOCHS ?= 15
 DEMO_WH_EPOCHS ?= 30
 DEMO_EVENTS ?= 100000
 DEMO_MAX_EVENTS ?=
+DEMO_TRAIN_EVENTS ?=
+DEMO_BOOTSTRAP ?= 100
+# One cache for every run of the demo; DEMO_TRAIN_EVENTS (the tests' reduced demo) trains on a subset.
+DATA_OPTS = --data.init_args.cache_dir $(abspath $(DEMO))/.cache \
+  $(if $(DEMO_TRAIN_EVENTS),--data.init_args.max_events $(DEMO_TRAIN_EVENTS))
 LITVAE := $(abspath $(VENV))/bin/lit-vae
 CONFIG := $(abspath configs)
 BEST = $$(ls runs/lit-vae/version_0/checkpoints/best-*.ckpt)
@@ -66,24 +71,24 @@ demo: install
 	@for model in vae vae_d best; do \
 	  epochs=$(DEMO_EPOCHS); [ $$model = best ] && epochs=$(DEMO_BEST_EPOCHS); \
 	  mkdir -p $(DEMO)/zgamma_$$model && cd $(DEMO)/zgamma_$$model && \
-	  $(LITVAE) fit --config $(CONFIG)/zgamma/$$model.yaml --trainer.max_epochs $$epochs && \
+	  $(LITVAE) fit --config $(CONFIG)/zgamma/$$model.yaml --trainer.max_epochs $$epochs $(DATA_OPTS) && \
 	  $(LITVAE) generate --ckpt_path $(BEST) --n_events $(DEMO_EVENTS) --output ../gen_$$model.parquet && \
-	  $(LITVAE) predict --config $(CONFIG)/zgamma/$$model.yaml --ckpt_path $(BEST) \
+	  $(LITVAE) predict --config $(CONFIG)/zgamma/$$model.yaml --ckpt_path $(BEST) $(DATA_OPTS) \
 	    --output ../scores_$$model.parquet && cd - >/dev/null || exit 1; \
 	done
 	@for region in $(REGIONS); do \
 	  mkdir -p $(DEMO)/wh1lbb_$$region && cd $(DEMO)/wh1lbb_$$region && \
-	  $(LITVAE) fit --config $(CONFIG)/wh1lbb/$$region.yaml --trainer.max_epochs $(DEMO_WH_EPOCHS) && \
-	  $(LITVAE) predict --config $(CONFIG)/wh1lbb/$$region.yaml --ckpt_path $(BEST) \
+	  $(LITVAE) fit --config $(CONFIG)/wh1lbb/$$region.yaml --trainer.max_epochs $(DEMO_WH_EPOCHS) $(DATA_OPTS) && \
+	  $(LITVAE) predict --config $(CONFIG)/wh1lbb/$$region.yaml --ckpt_path $(BEST) $(DATA_OPTS) \
 	    --output ../scores_$$region.parquet && cd - >/dev/null || exit 1; \
 	done
 	$(LITVAE) evaluate generation --generated $(foreach m,vae vae_d best,$(DEMO)/gen_$(m).parquet) \
 	  --labels VAE VAE+D best.yaml --out $(DEMO)/zgamma_generation $(if $(DEMO_MAX_EVENTS),--max-events $(DEMO_MAX_EVENTS)) \
 	  --training-log $(foreach m,vae vae_d best,$(call LOG,$(DEMO)/zgamma_$(m)))
 	$(LITVAE) evaluate anomaly --scores $(foreach m,vae vae_d best,$(DEMO)/scores_$(m).parquet) \
-	  --labels VAE VAE+D best.yaml --out $(DEMO)/zgamma_anomaly
+	  --labels VAE VAE+D best.yaml --out $(DEMO)/zgamma_anomaly --bootstrap $(DEMO_BOOTSTRAP)
 	$(LITVAE) evaluate anomaly --scores $(foreach r,$(REGIONS),$(DEMO)/scores_$(r).parquet) --labels $(REGIONS) \
-	  --out $(DEMO)/wh1lbb_anomaly --training-log $(foreach r,$(REGIONS),$(call LOG,$(DEMO)/wh1lbb_$(r)))
+	  --out $(DEMO)/wh1lbb_anomaly --bootstrap $(DEMO_BOOTSTRAP) --training-log $(foreach r,$(REGIONS),$(call LOG,$(DEMO)/wh1lbb_$(r)))
 	$(LITVAE) evaluate summary --reports $(DEMO)/zgamma_generation $(DEMO)/zgamma_anomaly $(DEMO)/wh1lbb_anomaly \
 	  --out $(DEMO) --title "lit-vae demo: VAE, VAE+D and best.yaml on Zgamma, likelihood VAE on Wh1Lbb"
 

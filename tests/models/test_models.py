@@ -88,10 +88,10 @@ def stats_kl(mu, log_sigma, prior) -> np.ndarray:
 class RecordingVAED(VAED):
     """Records which networks each optimiser step changed."""
 
-    def _step(self, optimizer, loss_fn, counted):
+    def _step(self, optimizer, loss_fn, counted, name):
         nets = {"encoder": self.encoder, "decoder": self.decoder, "discriminator": self.discriminator}
         before = {k: [p.detach().clone() for p in n.parameters()] for k, n in nets.items()}
-        loss = super()._step(optimizer, loss_fn, counted)
+        loss = super()._step(optimizer, loss_fn, counted, name)
         changed = {k for k, n in nets.items() if any(not torch.equal(a, p) for a, p in zip(before[k], n.parameters(),
                                                                                               strict=True))}
         self.record.append(changed)
