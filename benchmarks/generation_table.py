@@ -28,6 +28,7 @@ LITVAE = str(Path(sys.executable).with_name("lit-vae"))
 PHYSICS = ["--data.init_args.derived_features=exact", "--data.init_args.azimuth=relative"]
 FLOW = ["--model.init_args.prior=flow"]
 CHANNEL = ["--model.init_args.heads={is_muon: bernoulli}"]  # the channel as a Bernoulli head
+SAMPLED = ["--model.init_args.decoder=likelihood", *CHANNEL]  # sampled per-feature density heads
 
 
 def config(name: str) -> list[str]:
@@ -47,6 +48,8 @@ RUNS = {
     "VAE, physics, flow": config("physics_vae") + FLOW,
     "VAE+D, physics (MSE head), normal": config("vae_d") + PHYSICS,
     "VAE+D, physics (MSE head), flow": config("vae_d") + PHYSICS + FLOW,
+    "VAE+D, physics, normal": config("vae_d") + PHYSICS + SAMPLED,
+    "VAE+D, physics, flow": config("vae_d") + PHYSICS + SAMPLED + FLOW,
     "likelihood VAE, physics, learnable": config("likelihood_vae") + PHYSICS + CHANNEL,
     "likelihood VAE, physics, flow": config("likelihood_vae") + PHYSICS + CHANNEL + FLOW,
     "best.yaml: VAE, physics, coupling-flow decoder, normal": config("best") + ["--trainer.max_epochs=30"],

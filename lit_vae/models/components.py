@@ -102,6 +102,10 @@ class MSEHead(Decoder):
     def sample(self, z: torch.Tensor, transform, generator: torch.Generator | None = None) -> torch.Tensor:
         return transform.inverse(self(z))
 
+    def decoded(self, z: torch.Tensor, transform) -> torch.Tensor:
+        """Decoded events in the transformed space, differentiable (what VAE+D's discriminator sees): the mean."""
+        return self(z)
+
 
 class DensityHead(Decoder):
     """Per-feature densities of the physical values (the thesis's likelihood decoder): clipped log-normal
@@ -136,6 +140,13 @@ class DensityHead(Decoder):
         raw = self.raw_parameters(z)
         targets = torch.stack([HEADS[h].sample(raw[j], generator) for j, h in enumerate(self.head_names)], dim=-1)
         return transform.physical(targets)
+
+    def decoded(self, z: torch.Tensor, transform) -> torch.Tensor:
+        """Sampled events in the transformed space with a gradient (Head.rsample: reparameterised or
+        straight-through): what VAE+D's discriminator sees."""
+        raw = self.raw_parameters(z)
+        targets = torch.stack([HEADS[h].rsample(raw[j]) for j, h in enumerate(self.head_names)], dim=-1)
+        return transform(transform.physical(targets))
 
     @torch.no_grad()
     def initialise_output_bias(self, targets: torch.Tensor) -> None:
@@ -188,6 +199,10 @@ class FlowHead(nn.Module):
     def sample(self, z: torch.Tensor, transform, generator: torch.Generator | None = None) -> torch.Tensor:
         eps = torch.randn(len(z), self.n_features, generator=generator, device=z.device)
         return transform.inverse(self.flow(z).transform.inv(eps))
+
+    def decoded(self, z: torch.Tensor, transform) -> torch.Tensor:
+        """Sampled events in the transformed space, reparameterised through the flow (VAE+D's discriminator)."""
+        return self.flow(z).rsample()
 
 
 def build_decoder(kind: str, latent_dim: int, hidden: list[int], names: list[str], kinds: list[str],

@@ -122,6 +122,18 @@ class Head:
     def sample(self, raw: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    def rsample(self, raw: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The exact sample, with a gradient for an adversary (VAE+D): reparameterised where the sampler is
+        (Gaussian, the log-normal's continuous part, the von Mises location), straight-through for discrete
+        choices (forward the sample, backward the gradient of `surrogate`, e.g. the count's location)."""
+        sample = self.sample(raw, generator)
+        surrogate = self.surrogate(raw)
+        return sample if surrogate is None else sample + (surrogate - surrogate.detach())
+
+    def surrogate(self, raw: torch.Tensor) -> torch.Tensor | None:
+        """What a discrete choice's gradient is taken from (None: the sampler is differentiable)."""
+        return None
+
 
 class GaussianHead(Head):
     def params(self, raw):
@@ -156,6 +168,11 @@ class ClippedLogNormalHead(Head):
         value = torch.exp(mu + sigma * z)
         return torch.where(u < fraction, torch.zeros_like(value), value)
 
+    def surrogate(self, raw):
+        """The point mass's choice: more mass at 0 lowers the mean by fraction x the log-normal mean."""
+        fraction, mu, sigma = self.params(raw)
+        return -fraction * torch.exp(mu + sigma**2 / 2).detach()
+
 
 class DiscreteGaussianHead(Head):
     def params(self, raw):
@@ -171,7 +188,10 @@ class DiscreteGaussianHead(Head):
         normal = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
         lo = normal.cdf((-0.5 - mu) / sigma)
         z = normal.icdf((lo + u * (1 - lo)).clamp(1e-7, 1 - 1e-7))  # a Gaussian truncated at -1/2
-        return torch.clamp(torch.round(mu + sigma * z), min=0)
+        return torch.clamp(torch.round(mu + sigma * z), min=0).detach()
+
+    def surrogate(self, raw):
+        return self.params(raw)[0]
 
 
 class BernoulliHead(Head):
@@ -187,6 +207,9 @@ class BernoulliHead(Head):
         (p,) = self.params(raw)
         return (torch.rand(p.shape, generator=generator, device=p.device) < p).to(p.dtype)
 
+    def surrogate(self, raw):
+        return self.params(raw)[0]
+
 
 class PoissonHead(Head):
     n_params = 1
@@ -199,7 +222,10 @@ class PoissonHead(Head):
 
     def sample(self, raw, generator=None):
         (rate,) = self.params(raw)
-        return torch.poisson(rate, generator=generator)
+        return torch.poisson(rate.detach(), generator=generator)
+
+    def surrogate(self, raw):
+        return self.params(raw)[0]
 
 
 class VonMisesHead(Head):

@@ -8,6 +8,8 @@ Per batch, in this order:
    `adversarial_loss: paper` (default). This is the saturating form: once the discriminator is confident
    its gradient vanishes. `non_saturating` uses gamma * L_R + BCE(D(X'), 1) + BCE(D(G), 1) instead;
 3. encoder: L_enc = beta * L_KL + gamma * L_R (the prior's parameters, if it has any, train with the encoder).
+X' and G are the decoded means (the paper's decoder: mse) or, with a sampling decoder (likelihood, flow),
+sampled events that carry a gradient (`decoded`); L_R is the decoder's reconstruction term either way.
 Each loss reaches only its own network's parameters (`toggle_optimizer`). gamma plays beta's role on the
 reconstruction term (Table 1's "Variational Beta" row for VAE+D); beta on the KL stays, default 1.
 Only the encoder step counts as a Lightning step, so `global_step`, `max_steps` and step-based
@@ -34,10 +36,6 @@ class VAED(VAE):
                  discriminator_activation: str = "leaky_relu",
                  adversarial_loss: Literal["paper", "non_saturating"] = "paper", **kwargs):
         super().__init__(n_features=n_features, **kwargs)
-        if kwargs.get("decoder") not in (None, "mse"):
-            raise ConfigError("VAED's discriminator compares decoded events with real ones in the transformed space: "
-                              "it takes decoder: mse (a sampled head would need a relaxed sample); use VAE or "
-                              "LikelihoodVAE for decoder: likelihood | flow")
         if adversarial_loss not in ("paper", "non_saturating"):
             raise ConfigError(f"adversarial_loss must be 'paper' or 'non_saturating', got '{adversarial_loss}'")
         self.adversarial_loss = adversarial_loss
@@ -74,6 +72,12 @@ class VAED(VAE):
             raise ConfigError("VAED's three backward passes each reach one network, which plain DDP refuses: "
                               "use --trainer.strategy=ddp_find_unused_parameters_true")
 
+    def decoded(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoded events in the transformed space, as the discriminator sees them: the paper's decoded mean
+        (decoder: mse), or sampled events with a gradient (likelihood heads: reparameterised or
+        straight-through, see Head.rsample; a flow decoder: reparameterised)."""
+        return self.decoder.decoded(z, self.transform)
+
     def _step(self, optimizer, loss_fn, counted: bool, name: str) -> torch.Tensor | None:
         """Compute loss_fn() with only optimizer's parameters trainable, backpropagate, clip, step (None,
         nothing stepped, for a non-finite loss under nan_policy 'skip')."""
@@ -102,11 +106,11 @@ class VAED(VAE):
 
         def discriminator_step():
             with torch.no_grad():
-                reconstruction, generated = self.decoder(z), self.decoder(z_prior)
+                reconstruction, generated = self.decoded(z), self.decoded(z_prior)
             return self.discriminator_loss(x, reconstruction, generated, batch)
 
         def decoder_step():
-            reconstruction, generated = self.decoder(z), self.decoder(z_prior)
+            reconstruction, generated = self.decoded(z), self.decoded(z_prior)
             recon = self.weighted_mean(self.decoder.terms(z, batch, self.transform)["recon"], batch)
             return self.gamma * recon + self.adversarial_term(x, reconstruction, generated, batch)
 
