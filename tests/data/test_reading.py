@@ -69,6 +69,31 @@ def test_cache_hit_skips_root_and_a_changed_manifest_misses(wh1lbb_manifest, tmp
     assert len(list(cache.glob("*.parquet"))) == 1
 
 
+def _read_into(manifest_path, cache, queue) -> None:
+    table = read_region(load_manifest(manifest_path), "preselection", FEATURES, cache_dir=cache)
+    queue.put(table.to_json())
+
+
+def test_processes_sharing_a_cache_never_see_a_half_written_entry(wh1lbb_manifest, tmp_path):
+    """Four processes read one region into one empty cache at once: each gets the full table, one entry
+    remains and no temporary file is left behind."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    cache, queue = tmp_path / "cache", context.Queue()
+    workers = [context.Process(target=_read_into, args=(wh1lbb_manifest, cache, queue)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    results = [queue.get(timeout=300) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    expected = read_region(load_manifest(wh1lbb_manifest), "preselection", FEATURES, cache_dir=None).to_json()
+    assert results == [expected] * 4
+    assert [p.name for p in cache.iterdir()] == [next(cache.glob("*.parquet")).name]
+    assert read_region(load_manifest(wh1lbb_manifest), "preselection", FEATURES, cache_dir=cache).to_json() == expected
+
+
 def edit(path, change) -> None:
     manifest = yaml.safe_load(path.read_text())
     change(manifest)
