@@ -205,12 +205,31 @@ def build_cli(args: list[str] | None = None, run: bool = True, exit_on_error: bo
         raise ConfigError(f"bad argument: {str(err).splitlines()[0]}") from None
 
 
+HELP = """usage: lit-vae COMMAND [options]
+
+lit-vae: variational autoencoders for LHC collision events, on PyTorch Lightning.
+
+commands:
+  fit        train a model             lit-vae fit --config configs/zgamma/vae.yaml
+  validate   validation metrics of a checkpoint's held-out events (--ckpt_path CKPT)
+  test       background and signal losses of a checkpoint (--ckpt_path CKPT)
+  predict    anomaly scores, one row per event: --ckpt_path CKPT --output scores.parquet
+  generate   events from a generator: --ckpt_path CKPT --n_events N --output gen.parquet
+  evaluate   generation | anomaly | summary: metrics.json, figures and report.html
+  sweep      hyper-parameter sweeps from one file: locally, on a cluster or with W&B agents
+
+`lit-vae COMMAND --help` lists a command's options; --debug shows tracebacks of lit-vae's errors."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `lit-vae`."""
     confine_wandb()
     words = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in words or os.environ.get("LIT_VAE_DEBUG") == "1"  # tracebacks for lit-vae's own errors
     words = [w for w in words if w != "--debug"]
+    if not words or words[0] in ("-h", "--help"):
+        print(HELP, file=sys.stdout if words else sys.stderr)
+        return 0 if words else 2
     try:
         if words[:1] == ["evaluate"]:
             from lit_vae.evaluation.command import run as evaluate

@@ -111,6 +111,14 @@ def test_predict_scores_the_checkpoints_held_out_part_whatever_the_run_says(trai
         assert not (tmp_path / "d.parquet").exists()
 
 
+def test_help_lists_every_command(capsys):
+    assert main(["--help"]) == 0
+    shown = capsys.readouterr().out
+    for command in ("fit", "validate", "test", "predict", "generate", "evaluate", "sweep"):
+        assert f"\n  {command} " in shown, command
+    assert main([]) == 2 and "usage: lit-vae COMMAND" in capsys.readouterr().err
+
+
 def test_fit_without_a_logger_or_progress_bar_runs(wh1lbb_manifest, tmp_path, monkeypatch):
     """--trainer.logger=false and --trainer.enable_progress_bar=false drop the learning-rate monitor and the
     progress bar of base.yaml instead of failing on them."""

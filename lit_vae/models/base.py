@@ -229,7 +229,7 @@ class BaseVAE(L.LightningModule):
         reference = torch.cat(self._val_x)[: self.w1_events].numpy()
         self._val_x = []
         generator = torch.Generator(device=self.device).manual_seed(12345)
-        generated = self.transform(self.sample_physical(len(reference), generator).cpu()).numpy()
+        generated = self.transform(self.sample_physical(len(reference), generator)).cpu().numpy()  # on the device
         w1 = np.mean([wasserstein_distance(generated[:, j], reference[:, j]) for j in range(self.n_features)])
         self.log("val/w1_mean", float(w1), sync_dist=True)
 
