@@ -81,13 +81,18 @@ def read_root(path: str | os.PathLike, branches: list[str] | None = None) -> dic
         return f[TREE].arrays(branches, library="np")
 
 
-def read_events(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
-    """Columns and lit-vae metadata of an output file (.parquet or ROOT `events` tree): scores or events."""
+def read_events(path: str | os.PathLike, need_metadata: bool = True) -> tuple[dict[str, np.ndarray], dict]:
+    """Columns and lit-vae metadata of an output file (.parquet or ROOT `events` tree): scores or events.
+    need_metadata=False also reads ntuples lit-vae did not write (metadata {})."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file; give a file written by `lit-vae predict` or `lit-vae generate`")
     if path.suffix == ".root":
-        return read_root(path), read_root_metadata(path)
+        import uproot
+
+        with uproot.open(path) as f:
+            has_metadata = METADATA_KEY in f
+        return read_root(path), read_root_metadata(path) if has_metadata or need_metadata else {}
     if path.suffix != ".parquet":
         raise DataError(f"{path}: expected a .parquet or .root file")
     import pyarrow.parquet as pq

@@ -51,16 +51,17 @@ def held_out_mc(source: str | None, generated_metadata: dict, region: str | None
         columns = {f: table[f].to_numpy()[rows] for f in names}
         info = {f: (manifest.feature(f).kind, manifest.feature(f).unit or "") for f in names}
         return columns, info, f"{manifest.path.name} region '{region}', background validation part (seed {seed})"
-    columns, _ = read_events(source)
+    columns, _ = read_events(source, need_metadata=False)  # any ntuple with the feature branches
     manifest_path = split.get("manifest")
-    if manifest_path and Path(manifest_path).is_file():  # kinds, units and auxiliary columns from the manifest
-        manifest = load_manifest(manifest_path)
-        columns = with_auxiliary(manifest, columns)
-        known = {**manifest.features, **manifest.auxiliary}
-        info = {f: (known[f].kind, known[f].unit or "") for f in features if f in columns and f in known}
-    else:
-        info = {f: ("count" if np.issubdtype(columns[f].dtype, np.integer) else "real", "") for f in features
-                if f in columns}
+    if manifest_path and Path(manifest_path).is_file():  # auxiliary columns (e.g. the channel) from the manifest
+        columns = with_auxiliary(load_manifest(manifest_path), columns)
+    physics = generated_metadata.get("physics") or {}  # kinds and units as the generator was trained with
+    kinds, units = physics.get("kinds", {}), physics.get("units", {})
+    missing = [f for f in features if f in columns and f not in kinds]
+    if missing:
+        raise DataError(f"{generated_metadata.get('checkpoint', 'the generated file')} records no kind for "
+                        f"{missing}: generate the file again with this lit-vae (`lit-vae generate`)")
+    info = {f: (kinds[f], units.get(f) or "") for f in features if f in columns}
     return {f: columns[f] for f in info}, info, f"every event of {source}"
 
 

@@ -179,3 +179,27 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(scores, tmp_path, caps
     assert main(["evaluate", "anomaly", "--scores", str(only), "--out", str(out)]) == 2
     assert "needs both background and signal" in capsys.readouterr().err
     assert not (out / "metrics.json").exists() and not (out / "report.html").exists()
+
+
+def test_any_ntuple_serves_as_the_mc_with_kinds_from_the_generator(tmp_path):
+    """--mc FILE.root: a plain ROOT ntuple (no lit-vae metadata, other branches too) is accepted; the kinds
+    and units come from the generated file's checkpoint metadata (here a count: binned per integer)."""
+    import uproot
+
+    from lit_vae.data.io import read_root
+
+    test = read_root(REPO / "data" / "zgamma_test.root", ["m_llg", "met", "n_jets", "l1_pt"])
+    with uproot.recreate(tmp_path / "theirs.root") as f:
+        f["nominal_like"] = {"x": np.zeros(3)}
+        f["events"] = {k: v[:4000] for k, v in test.items()}
+    generated = {k: v[4000:8000] for k, v in test.items() if k != "l1_pt"}
+    physics = {"kinds": {"m_llg": "positive", "met": "positive", "n_jets": "count"},
+               "units": {"m_llg": "GeV", "met": "GeV", "n_jets": ""}}
+    gen = write(tmp_path / "gen_mine.parquet", generated, {"physics": physics})
+    out = tmp_path / "eval"
+    assert main(["evaluate", "generation", "--generated", str(gen), "--mc", str(tmp_path / "theirs.root"),
+                 "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["features"] == ["m_llg", "met", "n_jets"] and metrics["n_reference"] == 2000
+    assert metrics["comparisons"]["mine"]["summary"]["classifier_auc"] < 0.58  # MC against MC
+    assert metrics["comparisons"]["mine"]["per_feature"]["n_jets"]["chi2_ndf"] >= 0
