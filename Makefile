@@ -57,7 +57,9 @@ DEMO_EVENTS ?= 100000
 DEMO_MAX_EVENTS ?=
 DEMO_TRAIN_EVENTS ?=
 DEMO_BOOTSTRAP ?= 100
-# One cache for every run of the demo; DEMO_TRAIN_EVENTS (the tests' reduced demo) trains on a subset.
+DEMO_ANOMALY_OPTS ?=
+# One cache for every run of the demo; the tests' reduced demo trains on a subset (DEMO_TRAIN_EVENTS) and
+# skips the anomaly references (DEMO_ANOMALY_OPTS=--no-references).
 DATA_OPTS = --data.init_args.cache_dir $(abspath $(DEMO))/.cache \
   $(if $(DEMO_TRAIN_EVENTS),--data.init_args.max_events $(DEMO_TRAIN_EVENTS))
 LITVAE := $(abspath $(VENV))/bin/lit-vae
@@ -86,9 +88,9 @@ demo: install
 	  --labels VAE VAE+D best.yaml --out $(DEMO)/zgamma_generation $(if $(DEMO_MAX_EVENTS),--max-events $(DEMO_MAX_EVENTS)) \
 	  --training-log $(foreach m,vae vae_d best,$(call LOG,$(DEMO)/zgamma_$(m)))
 	$(LITVAE) evaluate anomaly --scores $(foreach m,vae vae_d best,$(DEMO)/scores_$(m).parquet) \
-	  --labels VAE VAE+D best.yaml --out $(DEMO)/zgamma_anomaly --bootstrap $(DEMO_BOOTSTRAP)
+	  --labels VAE VAE+D best.yaml --out $(DEMO)/zgamma_anomaly --bootstrap $(DEMO_BOOTSTRAP) $(DEMO_ANOMALY_OPTS)
 	$(LITVAE) evaluate anomaly --scores $(foreach r,$(REGIONS),$(DEMO)/scores_$(r).parquet) --labels $(REGIONS) \
-	  --out $(DEMO)/wh1lbb_anomaly --bootstrap $(DEMO_BOOTSTRAP) --training-log $(foreach r,$(REGIONS),$(call LOG,$(DEMO)/wh1lbb_$(r)))
+	  --out $(DEMO)/wh1lbb_anomaly --bootstrap $(DEMO_BOOTSTRAP) $(DEMO_ANOMALY_OPTS) --training-log $(foreach r,$(REGIONS),$(call LOG,$(DEMO)/wh1lbb_$(r)))
 	$(LITVAE) evaluate summary --reports $(DEMO)/zgamma_generation $(DEMO)/zgamma_anomaly $(DEMO)/wh1lbb_anomaly \
 	  --out $(DEMO) --title "lit-vae demo: VAE, VAE+D and best.yaml on Zgamma, likelihood VAE on Wh1Lbb"
 
