@@ -72,6 +72,8 @@ def test_predict_writes_one_row_per_event(trained, tmp_path, suffix):
     pairs = set(zip(scores["sample"], scores["event_number"], strict=True))
     assert len(pairs) == len(scores)  # exactly one row per event
     assert np.allclose(scores["score"], scores["nll"] + scores["kl"], rtol=1e-5)
+    suite = scores[["latent_radius", "latent_mahalanobis", "prior_nll", "iwae"]]  # the score suite
+    assert np.isfinite(suite.to_numpy()).all() and (scores["latent_radius"] >= 0).all()
     assert (scores["weight"] > 0).all()
 
 

@@ -12,6 +12,7 @@ generators add val/w1_mean (mean 1-D Wasserstein-1 of generated vs validation ev
 from __future__ import annotations
 
 import inspect
+import math
 import pickle
 from pathlib import Path
 from typing import Literal
@@ -26,10 +27,12 @@ from torchmetrics import MeanMetric
 from lit_vae.data.transforms import FeatureTransform
 from lit_vae.errors import ConfigError, NumericalError
 from lit_vae.models.components import GaussianEncoder, build_decoder, check_plausible, hidden_sizes, reparameterise
+from lit_vae.models.distributions import LOG_2PI
 from lit_vae.models.priors import build_prior
 
 VAL_METRICS = ("loss", "elbo", "recon", "kl")
 VALIDATION_SEED = 20_240_101  # the fixed noise of every validation pass
+IWAE_SEED = 20_240_102  # the fixed noise of the importance-weighted score
 
 
 class BaseVAE(L.LightningModule):
@@ -48,7 +51,7 @@ class BaseVAE(L.LightningModule):
                  kl_form: Literal["true", "paper"] = "true",
                  heads: dict[str, str] | None = None, feature_weights: dict[str, float] | None = None,
                  flow_transforms: int = 5, flow_hidden: int = 128, flow_passes: int | None = None,
-                 nan_policy: Literal["stop", "skip"] = "stop"):
+                 nan_policy: Literal["stop", "skip"] = "stop", iwae_samples: int = 64):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.feature_kinds = list(feature_kinds or ["real"] * n_features)
@@ -66,6 +69,9 @@ class BaseVAE(L.LightningModule):
         self.transform = FeatureTransform(self.feature_kinds)
         self.kl_form = kl_form
         self.nan_policy = nan_policy  # a non-finite training loss: stop with one line, or skip the batch
+        if iwae_samples < 0:
+            raise ConfigError(f"iwae_samples must be >= 0 (0: no importance-weighted score), got {iwae_samples}")
+        self.iwae_samples = iwae_samples
         self.encoder = GaussianEncoder(n_features, self.sizes, latent_dim, activation)
         decoder, prior = decoder or self.preset["decoder"], prior or self.preset["prior"]
         self.decoder = build_decoder(decoder, latent_dim, self.sizes, self.feature_names, self.feature_kinds,
@@ -262,9 +268,32 @@ class BaseVAE(L.LightningModule):
 
     @torch.no_grad()
     def score(self, batch: dict) -> dict[str, torch.Tensor]:
-        """Per-event anomaly score (the total loss) and its parts, at the posterior mean (deterministic)."""
+        """Per-event anomaly scores, each larger for more anomalous events, deterministic: score (the total
+        loss at the posterior mean) and its parts; the latent radius |mu| and its length in the prior's
+        standard space (latent_mahalanobis); -log p(mu) under the prior (prior_nll); and, for density
+        decoders, -log p(x) from iwae_samples importance samples (iwae, unit feature weights)."""
         parts = self.losses(batch, deterministic=True)
-        return {"score": parts["loss"], **{k: v for k, v in parts.items() if k not in ("loss", "elbo")}}
+        _, mu, log_sigma = self.encode(batch["x"], deterministic=True)
+        out = {"score": parts["loss"], **{k: v for k, v in parts.items() if k not in ("loss", "elbo")},
+               "latent_radius": mu.norm(dim=-1), "latent_mahalanobis": self.prior.standardise(mu).norm(dim=-1),
+               "prior_nll": -self.prior.log_prob(mu)}
+        if self.iwae_samples and self.decoder.is_density:
+            out["iwae"] = self.iwae_nll(batch, mu, log_sigma, self.iwae_samples)
+        return out
+
+    def iwae_nll(self, batch: dict, mu: torch.Tensor, log_sigma: torch.Tensor, k: int) -> torch.Tensor:
+        """-log p(x) ~ -log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x) (Burda et al.'s importance-
+        weighted estimate; an upper bound on -log p(x) that tightens with K). The noise comes from a generator
+        seeded with IWAE_SEED: the same events give the same numbers."""
+        n = len(mu)
+        generator = torch.Generator(device=mu.device).manual_seed(IWAE_SEED)
+        eps = torch.randn(k, *mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        z = (mu + torch.exp(log_sigma) * eps).reshape(k * n, -1)
+        tiled = {key: v.repeat(k, *[1] * (v.dim() - 1)) for key, v in batch.items() if key in ("x", "target")}
+        log_px = -self.decoder.terms(z, tiled, self.transform)["nll"].reshape(k, n)
+        log_q = (-0.5 * (eps**2 + LOG_2PI) - log_sigma).sum(dim=-1)
+        log_p = self.prior.log_prob(z).reshape(k, n)
+        return -(torch.logsumexp(log_px + log_p - log_q, dim=0) - math.log(k))
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
         ids = {k: batch[k] for k in ("event_id", "sample", "label", "weight_pb")}

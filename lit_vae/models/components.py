@@ -92,6 +92,8 @@ DECODERS = ("mse", "likelihood", "flow")
 class MSEHead(Decoder):
     """The paper's decoder: z -> the transformed features; squared error, generation decodes the mean."""
 
+    is_density = False  # its reconstruction term is a squared error, not a likelihood
+
     def __init__(self, latent_dim: int, hidden: list[int], n_features: int, activation: str = "relu"):
         super().__init__(latent_dim, hidden, n_features, activation)
 
@@ -111,6 +113,8 @@ class DensityHead(Decoder):
     """Per-feature densities of the physical values (the thesis's likelihood decoder): clipped log-normal
     for positive features, truncated discrete Gaussian for counts, von Mises for angles, Gaussian for
     reals (overridable per feature through `heads`); generation samples them."""
+
+    is_density = True  # nll is -log p(x | z) of the physical values
 
     def __init__(self, latent_dim: int, hidden: list[int], names: list[str], kinds: list[str],
                  activation: str = "relu", heads: dict[str, str] | None = None,
@@ -176,6 +180,8 @@ class FlowHead(nn.Module):
     (the transform's inverse rounds them back); generation pushes seeded base noise through the flow.
     passes: None is fully autoregressive (sampling costs one network pass per feature and transform);
     2 is a coupling flow (two passes each way: generation ~n_features/2 times faster)."""
+
+    is_density = False  # a density of the transformed features: no Jacobian to the physical values (yet)
 
     def __init__(self, latent_dim: int, n_features: int, transforms: int = 5, hidden: int = 128, bins: int = 12,
                  passes: int | None = None):

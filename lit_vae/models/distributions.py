@@ -105,6 +105,10 @@ class LearnablePrior(nn.Module):
         eps = torch.randn(n, self.mu.numel(), generator=generator, device=self.mu.device)
         return self.mu + torch.exp(self.log_sigma) * eps
 
+    def standardise(self, z: torch.Tensor) -> torch.Tensor:
+        """z in the prior's standard-normal space: (z - mu_p) / sigma_p."""
+        return (z - self.mu) / torch.exp(self.log_sigma)
+
 
 # --- Per-feature heads: raw decoder outputs -> parameters -> log-density and samples ------------------
 

@@ -27,7 +27,8 @@ class LikelihoodVAE(BaseVAE):
 
     @torch.no_grad()
     def score(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Every score of BaseVAE.score, nll (the weighted reconstruction term) and the per-feature NLLs."""
         t = self.terms(batch, deterministic=True)
         per_feature = {f"nll_{name}": t["per_feature"][:, j] for j, name in enumerate(self.feature_names)} \
             if t["per_feature"].shape[1] == self.n_features else {}
-        return {"score": t["recon"] + self.beta * t["kl"], "nll": t["recon"], "kl": t["kl"], **per_feature}
+        return {**super().score(batch), "nll": t["recon"], **per_feature}

@@ -35,6 +35,10 @@ class NormalPrior(nn.Module):
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return -0.5 * (z**2 + LOG_2PI).sum(dim=-1)
 
+    def standardise(self, z: torch.Tensor) -> torch.Tensor:
+        """z in the prior's standard-normal space (here z itself)."""
+        return z
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.randn(n, self.latent_dim, generator=generator, device=self._device.device)
 
@@ -64,6 +68,10 @@ class FlowPrior(nn.Module):
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return self.flow().log_prob(z)
+
+    def standardise(self, z: torch.Tensor) -> torch.Tensor:
+        """z mapped by the flow to its standard-normal base space."""
+        return self.flow().transform(z)
 
     def kl(self, mu: torch.Tensor, log_sigma: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         u = (z - mu) / torch.exp(log_sigma)

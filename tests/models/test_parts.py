@@ -209,3 +209,30 @@ def test_a_non_finite_loss_stops_training_in_one_line_or_skips_the_batch(cls, tm
             trainer.fit(model, train_dataloaders=batches)
             assert trainer.callback_metrics["train/skipped_batches"].item() == 1
             assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_iwae_score_is_minus_log_p_x_by_a_grid_integral_and_below_the_elbo_bound():
+    """-log p(x) of a small likelihood VAE: the importance-weighted estimate (K = 65,536) agrees with the
+    integral of p(x|z) N(z; 0, 1) over a 2-D grid of latent points (numpy), and lies below the -ELBO bound."""
+    torch.manual_seed(0)
+    model = LikelihoodVAE(n_features=2, feature_kinds=["real", "real"], latent_dim=2, n_nodes=8, prior="normal",
+                          iwae_samples=65536).double().eval()
+    x = torch.tensor([[0.3, -1.2], [2.5, 0.4], [-0.7, 0.1]], dtype=torch.float64)
+    batch = {"x": x, "target": x, "weight": torch.ones(3, dtype=torch.float64)}
+    scores = model.score(batch)
+    axis = np.linspace(-8, 8, 641)
+    grid = torch.from_numpy(np.stack(np.meshgrid(axis, axis), axis=-1).reshape(-1, 2))
+    log_prior = -0.5 * (grid**2).sum(-1).numpy() - np.log(2 * np.pi) + 2 * np.log(axis[1] - axis[0])
+    with torch.no_grad():
+        integral = []
+        for row in x:
+            tiled = {"x": row.expand(len(grid), 2), "target": row.expand(len(grid), 2)}
+            log_px = -model.decoder.terms(grid, tiled, model.transform)["nll"].numpy()
+            integral.append(-np.logaddexp.reduce(log_px + log_prior))
+    np.testing.assert_allclose(scores["iwae"].numpy(), integral, atol=0.01)
+    assert (scores["iwae"] <= scores["recon"] + scores["kl"] + 1e-9).all()  # -ELBO at the posterior mean
+    assert (scores["latent_radius"] >= 0).all() and torch.allclose(scores["latent_radius"],
+                                                                     scores["latent_mahalanobis"])
+    _, mu, _ = model.encode(x, deterministic=True)
+    expected_prior_nll = 0.5 * (mu**2).sum(-1) + np.log(2 * np.pi)
+    torch.testing.assert_close(scores["prior_nll"], expected_prior_nll)
