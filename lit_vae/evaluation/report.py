@@ -57,11 +57,10 @@ def held_out_mc(source: str | None, generated_metadata: dict, region: str | None
         columns = with_auxiliary(load_manifest(manifest_path), columns)
     physics = generated_metadata.get("physics") or {}  # kinds and units as the generator was trained with
     kinds, units = physics.get("kinds", {}), physics.get("units", {})
-    missing = [f for f in features if f in columns and f not in kinds]
-    if missing:
-        raise DataError(f"{generated_metadata.get('checkpoint', 'the generated file')} records no kind for "
-                        f"{missing}: generate the file again with this lit-vae (`lit-vae generate`)")
-    info = {f: (kinds[f], units.get(f) or "") for f in features if f in columns}
+    if not kinds:
+        raise DataError(f"{generated_metadata.get('checkpoint', 'the generated file')} records no feature kinds: "
+                        "generate the file again with this lit-vae (`lit-vae generate`)")
+    info = {f: (kinds[f], units.get(f) or "") for f in features if f in columns and f in kinds}
     return {f: columns[f] for f in info}, info, f"every event of {source}"
 
 
