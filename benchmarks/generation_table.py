@@ -79,16 +79,20 @@ def train_and_generate(label: str, args: list[str], run_dir: Path, epochs: int, 
         epochs = int(next(a for a in args if a.startswith("--trainer.max_epochs")).split("=")[1])
     fit = [LITVAE, "fit", *args, f"--trainer.max_epochs={epochs}", "--trainer.enable_progress_bar=false"]
     with open(run_dir / "fit.log", "w") as log:
-        subprocess.run(fit, cwd=run_dir, check=True, stdout=log, stderr=subprocess.STDOUT)
+        code = subprocess.run(fit, cwd=run_dir, stdout=log, stderr=subprocess.STDOUT).returncode
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    best = next((run_dir / "runs" / "lit-vae" / "version_0" / "checkpoints").glob("best-*.ckpt"))
+    checkpoints = sorted((run_dir / "runs" / "lit-vae" / "version_0" / "checkpoints").glob("best-*.ckpt"))
+    stopped = "non-finite training loss" in (run_dir / "fit.log").read_text()
+    if code and not (stopped and checkpoints):  # a run stopped by a NaN keeps its best checkpoint: use it
+        raise subprocess.CalledProcessError(code, fit)
+    best = checkpoints[0]
     subprocess.run([LITVAE, "generate", "--ckpt_path", str(best), "--n_events", str(n_events),
                     "--output", str(gen)], cwd=run_dir, check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
     _, metadata = read_events(gen)
     result = {"label": label, "fit_wall_s": time.perf_counter() - start, "fit_cpu_s": cpu,
-              "epochs": epochs, "events_per_second": metadata["events_per_second"]}
+              "epochs": epochs, "events_per_second": metadata["events_per_second"], "stopped_by_nan": bool(code)}
     timing.write_text(json.dumps(result, indent=1))
     return result
 
@@ -103,8 +107,11 @@ def table(metrics: dict, timings: dict[str, dict]) -> str:
         cells = [auc] + [_fmt(s.get(key)) for _, key in COLUMNS[1:]]
         t = timings.get(label)
         cells += [f"{t['fit_cpu_s'] / 60:.1f} ({t['epochs']})", f"{t['events_per_second']:.3g}"] if t else ["", ""]
-        name = "MC vs MC (reference)" if label == "mc_vs_mc" else label
+        mark = " †" if t and t.get("stopped_by_nan") else ""
+        name = "MC vs MC (reference)" if label == "mc_vs_mc" else label + mark
         lines.append("| " + " | ".join([name, *cells]) + " |")
+    if any(t.get("stopped_by_nan") for t in timings.values()):
+        lines.append("\n† stopped by a non-finite training loss before its last epoch; its best checkpoint is used.")
     return "\n".join(lines) + "\n"
 
 
