@@ -101,8 +101,9 @@ def table(metrics: dict, timings: dict[str, dict]) -> str:
     """A markdown table: one row per generator, MC vs MC first."""
     header = ["sample", *(c for c, _ in COLUMNS), "training CPU-min (epochs)", "generated events/s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for label, result in metrics["comparisons"].items():
-        s = result["summary"]
+    comparisons = metrics["comparisons"]
+    for label in ["mc_vs_mc", *(k for k in timings if k in comparisons)]:  # MC first, then RUNS' order
+        s = comparisons[label]["summary"]
         auc = f"{s['classifier_auc']:.3f} ({s['classifier_auc_lo']:.3f}–{s['classifier_auc_hi']:.3f})"
         cells = [auc] + [_fmt(s.get(key)) for _, key in COLUMNS[1:]]
         t = timings.get(label)
