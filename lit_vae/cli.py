@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from lit_vae.callbacks import ScoreWriter
 from lit_vae.data.datamodule import EventDataModule
-from lit_vae.data.io import EventWriter
+from lit_vae.data.io import EventWriter, check_writable
 from lit_vae.errors import ConfigError, LitVAEError
 from lit_vae.generation import Tally, generate_columns, physics_of
 from lit_vae.models.base import BaseVAE, load_model, read_checkpoint
@@ -59,6 +59,7 @@ class LitVAETrainer(L.Trainer):
                 ckpt_path: str | None = None, output: str = "scores.parquet"):
         """Score every event of the predict set (validation background + all signals) and write one row
         per event to output (.parquet or .root), with the data split it used."""
+        check_writable(output)  # before any work
         model = self._trained(model, datamodule, ckpt_path)
         metadata = {"checkpoint": str(ckpt_path), "seed": datamodule.seed if datamodule is not None else None,
                     "data_split": datamodule.split() if datamodule is not None else model.data_split}

@@ -34,9 +34,8 @@ def wh1lbb_inputs(produce_sample):
     }
 
 
-@pytest.fixture
-def wh1lbb_manifest(wh1lbb_inputs, tmp_path):
-    """A manifest in tmp_path over copies of the small samples, with the real Wh1Lbb features and regions."""
+def write_wh1lbb_manifest(inputs: dict, folder):
+    """A manifest in folder over copies of the small samples, with the real Wh1Lbb features and regions."""
     import shutil
 
     import yaml
@@ -45,15 +44,21 @@ def wh1lbb_manifest(wh1lbb_inputs, tmp_path):
 
     real = yaml.safe_load((REPO / "data_manifests" / "wh1lbb.yaml").read_text())
     samples = {}
-    for name, path in wh1lbb_inputs.items():
-        shutil.copy(path, tmp_path / f"{name}.root")
+    for name, path in inputs.items():
+        shutil.copy(path, folder / f"{name}.root")
         samples[name] = {"files": [f"{name}.root"], "role": "signal" if name == "c1n2_wh" else "background",
                          "weight": "weight"}
     manifest = {"tree": "events", "event_id": "event_number", "samples": samples,
                 "features": real["features"], "regions": real["regions"]}
-    path = tmp_path / "wh1lbb.yaml"
+    path = folder / "wh1lbb.yaml"
     path.write_text(yaml.safe_dump(manifest, sort_keys=False))
     return path
+
+
+@pytest.fixture
+def wh1lbb_manifest(wh1lbb_inputs, tmp_path):
+    """A manifest in tmp_path over copies of the small samples, with the real Wh1Lbb features and regions."""
+    return write_wh1lbb_manifest(wh1lbb_inputs, tmp_path)
 
 
 @pytest.fixture

@@ -26,14 +26,20 @@ TREE = "events"
 METADATA_KEY = "metadata"
 
 
-@contextlib.contextmanager
-def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside target; rename it to target only if the block succeeds."""
+def check_writable(target: str | os.PathLike) -> Path:
+    """target, if its directory exists and is writable (checked before any work, and again when writing)."""
     target = Path(target)
     if not target.parent.exists():
         raise OutputError(f"{target}: directory {target.parent} does not exist; create it or choose another --out")
     if not os.access(target.parent, os.W_OK):
         raise OutputError(f"{target}: directory {target.parent} is not writable; choose another --out")
+    return target
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside target; rename it to target only if the block succeeds."""
+    target = check_writable(target)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         yield tmp
@@ -254,6 +260,8 @@ def _drop_non_finite(frame, features: list[str], policy: str, where: str):
     message = f"{where}: non-finite values in {counts} (feature: events)"
     if policy == "raise":
         raise DataError(f"{message}; fix the input or use nan_policy='drop'")
+    if bad.any(axis=1).all():
+        raise DataError(f"{message}: every selected event has one, nothing would be left; fix the input")
     warnings.warn(f"{message}; dropped {int(bad.any(axis=1).sum())} events", stacklevel=3)
     return frame[~bad.any(axis=1)].reset_index(drop=True)
 
