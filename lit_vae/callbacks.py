@@ -1,10 +1,15 @@
-"""Lightning callbacks of lit-vae: the score writer behind `lit-vae predict`."""
+"""Lightning callbacks of lit-vae: the score writer behind `lit-vae predict`, and the checkpoint a
+preempted fit leaves behind."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_vae.data.io import EventWriter
 
@@ -49,3 +54,20 @@ class ScoreWriter(BasePredictionWriter):
             metadata["sample_names"] = list(names)
         with EventWriter(self.output, metadata) as writer:
             writer.append({k: v[order] for k, v in columns.items()})
+
+
+class Preemption(Callback):
+    """On SIGTERM (what Slurm and most batch systems send before killing a job) Lightning stops after the
+    current batch; this saves `last.ckpt` there, mid-epoch, so that `fit --ckpt_path` resumes exactly
+    (batch order, optimisers, schedulers and the noise stream continue where they stopped)."""
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit":
+            return
+        folders = [c.dirpath for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]
+        path = Path(folders[0] if folders else trainer.default_root_dir) / "last.ckpt"
+        trainer.save_checkpoint(path)  # Lightning writes checkpoints to a temporary file and renames it
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        if trainer.is_global_zero:
+            print(f"lit-vae: preempted (SIGTERM) in epoch {trainer.current_epoch} after {done} batches: saved "
+                  f"{path}; resume with `lit-vae fit ... --ckpt_path {path}`", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import signal
 import sys
 import time
 import warnings
@@ -21,9 +22,10 @@ import torch
 from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tqdm import tqdm
 
-from lit_vae.callbacks import ScoreWriter
+from lit_vae.callbacks import Preemption, ScoreWriter
 from lit_vae.data.datamodule import EventDataModule
 from lit_vae.data.io import EventWriter, check_writable
 from lit_vae.errors import ConfigError, LitVAEError
@@ -46,14 +48,27 @@ class LitVAETrainer(L.Trainer):
         # --trainer.enable_progress_bar=false (Lightning refuses the combinations).
         unwanted = (LearningRateMonitor,) * (kwargs.get("logger") is False) \
             + (ProgressBar,) * (kwargs.get("enable_progress_bar") is False)
-        if unwanted:
-            kwargs["callbacks"] = [c for c in kwargs.get("callbacks") or [] if not isinstance(c, unwanted)]
+        kwargs["callbacks"] = [c for c in kwargs.get("callbacks") or [] if not isinstance(c, unwanted)] \
+            + [Preemption()]
         super().__init__(**kwargs)
 
     def fit(self, model, train_dataloaders=None, val_dataloaders=None, datamodule=None, ckpt_path: str | None = None,
             weights_only: bool = True):
-        """Lightning's fit; a resumed checkpoint (--ckpt_path) is unpickled as tensors and plain data only."""
+        """Lightning's fit; a resumed checkpoint (--ckpt_path) is unpickled as tensors and plain data only;
+        `--ckpt_path last` is the newest last.ckpt of this run directory (an interrupted or preempted run)."""
+        if ckpt_path == "last":
+            ckpt_path = self._newest_last_checkpoint()
         return super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
+
+    def _newest_last_checkpoint(self) -> str:
+        roots = {Path(getattr(logger, "root_dir", None) or self.default_root_dir) for logger in self.loggers}
+        found = [p for root in roots or {Path(self.default_root_dir)} for p in root.glob("**/last.ckpt")]
+        if not found:
+            raise ConfigError(f"--ckpt_path last: no last.ckpt under {', '.join(map(str, sorted(roots)))}; give "
+                              "the checkpoint's path")
+        newest = max(found, key=lambda p: p.stat().st_mtime_ns)
+        print(f"lit-vae: resuming from {newest}", file=sys.stderr)
+        return str(newest)
 
     def predict(self, model=None, dataloaders=None, datamodule=None, return_predictions=None,
                 ckpt_path: str | None = None, output: str = "scores.parquet"):
@@ -247,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"lit-vae: error: {err} (--debug or LIT_VAE_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2
+    except SIGTERMException:  # the Preemption callback saved a checkpoint and said where
+        return 128 + signal.SIGTERM
     finally:  # one W&B run per command, also when called in-process (tests, sweeps)
         wandb = sys.modules.get("wandb")
         if wandb is not None and wandb.run is not None:

@@ -87,7 +87,23 @@ def other_files(folder: Path, manifest: Path) -> None:
     edit(manifest, lambda m: m["samples"]["wjets"].update(files=["wjets_v2.root"]))
 
 
-# (case, how to break the workspace, command, what the message must name)
+def read_only(folder: Path, manifest: Path) -> list[str]:
+    """Make folder/locked read-only for the command: by its mode, or, for root (who writes through modes),
+    by a read-only bind mount in a private mount namespace; the returned words prefix the command."""
+    locked = folder / "locked"
+    locked.mkdir()
+    if os.geteuid() != 0:
+        locked.chmod(0o555)
+        return []
+    prefix = ["unshare", "--mount", "sh", "-c",
+              'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"', "sh", str(locked)]
+    if subprocess.run([*prefix, "true"], capture_output=True).returncode != 0:
+        pytest.skip("running as root without the right to mount: no way to make a directory read-only")
+    return prefix
+
+
+# (case, how to break the workspace (may return words that prefix the command), command, what the message
+# must name)
 CASES = [
     ("config missing", None, lambda m, c: ["fit", "--config", "missing.yaml", *data(m)], "missing.yaml"),
     ("unknown config key", None, lambda m, c: fit(m, c, "--model.init_args.latnt_dim", "4"), "latnt_dim"),
@@ -120,6 +136,8 @@ CASES = [
     ("checkpoint trained on another split", other_files, predict, "trained on another backgrounds"),
     ("--output into a missing directory", None, lambda m, c: predict(m, c)[:-2] + ["--output", "no/scores.parquet"],
      "does not exist"),
+    ("--output into a read-only directory", read_only,
+     lambda m, c: predict(m, c)[:-2] + ["--output", "locked/scores.parquet"], "is not writable"),
     ("generate --n_events 0", None, lambda m, c: generate(m, c, "--n_events", "0"), "must be positive"),
     ("generate --n_events negative", None, lambda m, c: generate(m, c, "--n_events", "-5"), "must be positive"),
 ]
@@ -128,12 +146,13 @@ CASES = [
 @pytest.mark.parametrize("case, damage, command, named", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_refused_cleanly(case, damage, command, named, wh1lbb_inputs, checkpoint, tmp_path):
     manifest = write_wh1lbb_manifest(wh1lbb_inputs, tmp_path)
-    if damage is not None:
-        damage(tmp_path, manifest)
+    prefix = damage(tmp_path, manifest) if damage is not None else None
     argv = command(manifest, checkpoint)
     before = set(tmp_path.rglob("*"))
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    result = subprocess.run([LITVAE, *argv], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    prefix = prefix if isinstance(prefix, list) else []  # damage functions that are not read_only return None or a size
+    result = subprocess.run([*prefix, LITVAE, *argv], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env=env)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and named in result.stderr, result.stderr[-2000:]
     left = {p for p in tmp_path.rglob("*") if p.is_file()} - before

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -137,24 +140,39 @@ def test_fit_without_a_logger_or_progress_bar_runs(wh1lbb_manifest, tmp_path, mo
     ("zgamma/vae_d.yaml", ["--model.init_args.n_nodes", "16"]),  # three optimisers, stepped by hand
     ("wh1lbb/preselection.yaml", ["--model.init_args.prior", "flow"]),
 ])
-def test_a_resumed_fit_ends_exactly_where_an_uninterrupted_one_does(wh1lbb_manifest, tmp_path, monkeypatch,
-                                                                     config, extra):
-    """Three epochs straight, or one epoch (the state a run killed after its first checkpoint leaves on disk)
-    and then --ckpt_path that checkpoint: the same final validation loss (batch order, optimiser, scheduler
-    and noise stream all resume)."""
+def test_a_killed_or_preempted_fit_resumes_exactly_where_an_uninterrupted_one_ends(wh1lbb_manifest, tmp_path,
+                                                                                   monkeypatch, config, extra):
+    """Three epochs straight; then the same fit killed (kill -9) in epoch 1, after its first checkpoint, and
+    resumed with `--ckpt_path last`; then preempted by SIGTERM in the middle of epoch 1 (a mid-epoch
+    checkpoint, exit 143) and resumed from it: the same validation losses (batch order, optimisers,
+    schedulers and noise stream all resume)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "disabled")
     args = ["fit", "--config", str(REPO / "configs" / config), *data_args(wh1lbb_manifest), *extra,
-            "--trainer.enable_progress_bar", "false"]
+            "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "3"]
     runs = tmp_path / "runs" / "lit-vae"
-    assert main([*args, "--trainer.max_epochs", "3"]) == 0
-    assert main([*args, "--trainer.max_epochs", "1"]) == 0
-    first = runs / "version_1" / "checkpoints" / "last.ckpt"
-    assert main([*args, "--trainer.max_epochs", "3", "--ckpt_path", str(first)]) == 0
-    straight, resumed = (pd.read_csv(runs / v / "metrics.csv")["val/loss"].dropna().to_numpy()
-                         for v in ("version_0", "version_2"))
-    assert len(straight) == 3 and len(resumed) == 2
-    np.testing.assert_allclose(resumed, straight[1:], rtol=1e-6, atol=0)
+
+    def interrupted(signal_name: str, batch: int) -> subprocess.CompletedProcess:
+        callback = json.dumps({"class_path": "tests.interrupt.Interrupt",
+                               "init_args": {"signal_name": signal_name, "epoch": 1, "batch": batch}})
+        return subprocess.run([sys.executable, "-m", "lit_vae.cli", *args, f"--trainer.callbacks+={callback}"],
+                              capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+
+    assert main(args) == 0  # version_0
+    killed = interrupted("SIGKILL", batch=1)  # version_1: last.ckpt is epoch 0's
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert main([*args, "--ckpt_path", "last"]) == 0  # version_2
+    preempted = interrupted("SIGTERM", batch=1)  # version_3: stops after 2 of the 3 batches of epoch 1
+    last = Path("runs", "lit-vae", "version_3", "checkpoints", "last.ckpt")
+    assert preempted.returncode == 143, preempted.stderr[-2000:]
+    assert f"preempted (SIGTERM) in epoch 1 after 2 batches: saved {last}" in preempted.stderr
+    assert main([*args, "--ckpt_path", str(last)]) == 0  # version_4
+    straight, after_kill, after_term = (pd.read_csv(runs / v / "metrics.csv")["val/loss"].dropna().to_numpy()
+                                        for v in ("version_0", "version_2", "version_4"))
+    assert len(straight) == 3 and len(after_kill) == 2 and len(after_term) == 2
+    np.testing.assert_allclose(after_kill, straight[1:], rtol=1e-6, atol=0)
+    np.testing.assert_allclose(after_term, straight[1:], rtol=1e-6, atol=0)
 
 
 def test_generate_needs_nothing_but_the_checkpoint(wh1lbb_manifest, tmp_path, monkeypatch):

@@ -40,7 +40,9 @@ DEFAULT_TRAIN_FRACTION = 0.6
 
 class EventBatches:
     """An iterable of dict batches sliced from tensors; shuffled from seed + epoch when shuffle is set. The
-    epoch is the trainer's when one is given (a resumed run continues the same batch order), else counted."""
+    epoch is the trainer's when one is given (a resumed run continues the same batch order), else counted.
+    Training batches are resumable mid-epoch: a checkpoint records the batches done (Lightning's stateful
+    loader protocol) and the resumed epoch skips them."""
 
     def __init__(self, tensors: dict[str, torch.Tensor], batch_size: int, *, shuffle: bool, seed: int = 0,
                  rank: int = 0, world_size: int = 1, trainer=None):
@@ -50,20 +52,35 @@ class EventBatches:
         # Training shards are equal (n // world_size); evaluation shards stride over every event.
         self.per_rank = self.n // world_size if shuffle else len(range(rank, self.n, world_size))
         self.epoch = 0
+        self._resume: dict[str, int] = {}
 
     def __len__(self) -> int:
         return -(-self.per_rank // self.batch_size)
 
+    def state_dict(self) -> dict[str, int]:
+        """Where training stands: the trainer's epoch and the batches of it already trained on."""
+        if not self.shuffle or self.trainer is None:
+            return {}
+        return {"epoch": self.trainer.current_epoch,
+                "batches_done": self.trainer.fit_loop.epoch_loop.batch_progress.current.completed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = dict(state)
+
     def __iter__(self):
+        skip = 0
         if self.shuffle:
             epoch = self.trainer.current_epoch if self.trainer is not None else self.epoch
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             order = torch.randperm(self.n, generator=generator)
             order = order[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
             self.epoch += 1
+            if self._resume.get("epoch") == epoch:  # a mid-epoch checkpoint: continue after its batches
+                skip = self._resume["batches_done"] * self.batch_size
+            self._resume = {}
         else:
             order = torch.arange(self.rank, self.n, self.world_size)
-        for start in range(0, self.per_rank, self.batch_size):
+        for start in range(skip, self.per_rank, self.batch_size):
             index = order[start:start + self.batch_size]
             yield {name: values[index] for name, values in self.tensors.items()}
 

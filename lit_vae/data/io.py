@@ -38,8 +38,12 @@ def check_writable(target: str | os.PathLike) -> Path:
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside target; rename it to target only if the block succeeds."""
+    """Yield a temporary path beside target; rename it to target only if the block succeeds. Temporary
+    files that killed writers (kill -9 leaves no chance to clean up) left for this target are removed."""
     target = check_writable(target)
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):
+        if not _alive(stale.suffixes[-2].lstrip(".")):
+            stale.unlink(missing_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         yield tmp
@@ -47,6 +51,17 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _alive(pid: str) -> bool:
+    """Whether a process with this id (the middle of a temporary file's name) still runs on this machine."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _check_columns(columns: Mapping[str, np.ndarray]) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from lit_vae.data.io import read_root, read_root_metadata, write_parquet, write_root
+from lit_vae.data.io import EventWriter, read_events, read_root, read_root_metadata, write_parquet, write_root
 from lit_vae.errors import DataError, OutputError
 
 
@@ -50,6 +53,26 @@ def test_interrupted_write_keeps_the_previous_file(tmp_path):
         write_root(target, bad, {"version": 2})
     assert read_root_metadata(target) == {"version": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["c.root"]
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".root"])
+def test_a_writer_killed_midway_leaves_the_previous_file(tmp_path, suffix):
+    """kill -9 in the middle of a write (one batch appended): the previous file stays whole; the dead
+    writer's temporary file is removed by the next write."""
+    target = tmp_path / f"events{suffix}"
+    with EventWriter(target, {"version": 1}) as writer:
+        writer.append(columns())
+    script = (f"import os, signal, numpy as np\nfrom lit_vae.data.io import EventWriter\n"
+              f"with EventWriter({str(target)!r}, {{'version': 2}}) as writer:\n"
+              f"    writer.append({{'met': np.arange(5000, dtype=np.float32)}})\n"
+              f"    os.kill(os.getpid(), signal.SIGKILL)\n")
+    assert subprocess.run([sys.executable, "-c", script]).returncode == -9
+    table, metadata = read_events(target)
+    assert metadata["version"] == 1 and len(table["met"]) == 1000
+    assert len(list(tmp_path.glob(f".events{suffix}.*.tmp"))) == 1  # what kill -9 leaves
+    with EventWriter(target, {"version": 3}) as writer:
+        writer.append(columns())
+    assert [p.name for p in tmp_path.iterdir()] == [target.name] and read_events(target)[1]["version"] == 3
 
 
 def test_clear_errors(tmp_path):
