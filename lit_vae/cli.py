@@ -77,7 +77,8 @@ class LitVAETrainer(L.Trainer):
         check_writable(output)  # before any work
         model = self._trained(model, datamodule, ckpt_path)
         metadata = {"checkpoint": str(ckpt_path), "seed": datamodule.seed if datamodule is not None else None,
-                    "data_split": datamodule.split() if datamodule is not None else model.data_split}
+                    "data_split": datamodule.split() if datamodule is not None else model.data_split,
+                    "anomaly_score": model.anomaly_score}
         self.callbacks.append(ScoreWriter(output, metadata))
         return super().predict(model, dataloaders, datamodule, return_predictions=False, ckpt_path=None)
 
@@ -101,7 +102,9 @@ class LitVAETrainer(L.Trainer):
             return model
         if not Path(ckpt_path).is_file():
             raise ConfigError(f"--ckpt_path {ckpt_path}: no such checkpoint; give a .ckpt written by `lit-vae fit`")
+        chosen = getattr(model, "anomaly_score", None)  # the checkpoint's unless this command sets another
         model = load_model(ckpt_path)
+        model.anomaly_score = chosen or model.anomaly_score
         if datamodule is not None:
             datamodule.use_transform(model.transform)
             datamodule.adopt_split(model.data_split, ckpt_path)

@@ -74,7 +74,9 @@ def test_predict_writes_one_row_per_event(trained, tmp_path, suffix):
     assert scores.groupby("label").size().to_dict() == {0: len(dm.part("val")["x"]), 1: 40}
     pairs = set(zip(scores["sample"], scores["event_number"], strict=True))
     assert len(pairs) == len(scores)  # exactly one row per event
-    assert np.allclose(scores["score"], scores["nll"] + scores["kl"], rtol=1e-5)
+    assert np.allclose(scores["total"], scores["recon"] + scores["kl"], rtol=1e-5)
+    np.testing.assert_array_equal(scores["score"], scores["iwae"])  # preselection.yaml's anomaly_score
+    assert np.corrcoef(scores["iwae"], scores["total"])[0, 1] > 0.9  # -log p(x) and the loss rank alike
     suite = scores[["latent_radius", "latent_mahalanobis", "prior_nll", "iwae"]]  # the score suite
     assert np.isfinite(suite.to_numpy()).all() and (scores["latent_radius"] >= 0).all()
     assert (scores["weight"] > 0).all()

@@ -99,11 +99,12 @@ def roc_and_sic(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str)
     """Background efficiency against signal efficiency (log) and the significance improvement
     eps_S / sqrt(eps_B), one line per score (the anomaly scores and the references)."""
     fig, (ax, sax) = plt.subplots(1, 2, figsize=(12, 5.5), layout="constrained")
-    for colour, (label, (eff_b, eff_s)) in zip(COLOURS, curves.items(), strict=False):
+    styles = [(colour, line) for line in ("-", "--", ":") for colour in COLOURS]
+    for (colour, line), (label, (eff_b, eff_s)) in zip(styles, curves.items(), strict=False):
         keep = eff_b > 0
-        ax.plot(eff_s[keep], eff_b[keep], color=colour, label=label)
-        sax.plot(eff_b[keep], eff_s[keep] / np.sqrt(eff_b[keep]), color=colour, label=label)
-    ax.plot([0, 1], [0, 1], color="black", ls=":", lw=0.8, label="random")
+        ax.plot(eff_s[keep], eff_b[keep], color=colour, ls=line, label=label)
+        sax.plot(eff_b[keep], eff_s[keep] / np.sqrt(eff_b[keep]), color=colour, ls=line, label=label)
+    ax.plot([0, 1], [0, 1], color="black", ls="-.", lw=0.8, label="random")
     ax.set_yscale("log")
     ax.set_xlabel(r"signal efficiency $\epsilon_S$")
     ax.set_ylabel(r"background efficiency $\epsilon_B$")
@@ -111,7 +112,7 @@ def roc_and_sic(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str)
     sax.set_xlabel(r"background efficiency $\epsilon_B$")
     sax.set_ylabel(r"$\epsilon_S / \epsilon_B^{1/2}$")
     for a in (ax, sax):
-        a.legend(fontsize=9)
+        a.legend(fontsize=7 if len(curves) > 6 else 9)
         _label(a, title)
     return fig
 

@@ -1,6 +1,7 @@
 """`lit-vae evaluate`: metrics.json, figures (PNG + PDF) and a self-contained report.html for generated
 events (against held-out Monte Carlo) and for anomaly scores (against supervised and single-cut
-references), plus the summary page that joins several reports. Works on files; imports no model."""
+references and unsupervised baselines), plus the summary page that joins several reports. Works on files;
+imports no model."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from lit_vae.data.split import background_train_mask
 from lit_vae.errors import DataError
 from lit_vae.evaluation import metrics as m
 from lit_vae.evaluation import plots
+from lit_vae.evaluation.baselines import baseline_scores, training_background
 
 # --- files in, files out ------------------------------------------------------------------------------------
 
@@ -343,14 +345,16 @@ def _wandb_active() -> bool:
 ANOMALY_COLUMNS = ("auc", "eff_s_at_eff_b_0.1", "eff_s_at_eff_b_0.01", "eff_s_at_eff_b_0.001", "max_sic")
 
 
-def _with_features(samples: np.ndarray, event_numbers: np.ndarray, metadata: dict,
-                   path: str) -> tuple[np.ndarray, list[str]]:
-    """The manifest features of every scored event, joined on (sample, event_number)."""
+def _with_features(samples: np.ndarray, event_numbers: np.ndarray, metadata: dict, path: str,
+                   baselines: bool, seed: int) -> tuple[np.ndarray, list[str], dict[str, np.ndarray], dict]:
+    """The manifest features of every scored event, joined on (sample, event_number); with baselines, their
+    scores of those events, fitted on the training background of the file's recorded data split."""
     if "manifest" not in metadata or "region" not in metadata:
         raise DataError(f"{path}: no manifest/region in its metadata; was it written by `lit-vae predict`?")
     manifest = load_manifest(metadata["manifest"])
     names = list(manifest.features)
-    table = read_region(manifest, metadata["region"], names)
+    features = list((metadata.get("data_split") or {}).get("features") or names)  # what the model saw
+    table = read_region(manifest, metadata["region"], list(dict.fromkeys([*names, *features])))
     key = dict(zip(zip(table["sample"].astype(str), table["event_id"].to_numpy(np.uint64), strict=True),
                    range(len(table)), strict=True))
     try:
@@ -358,13 +362,26 @@ def _with_features(samples: np.ndarray, event_numbers: np.ndarray, metadata: dic
     except KeyError as err:
         raise DataError(f"{path}: event {err.args[0]} is not in {manifest.path} region '{metadata['region']}'; "
                         "score and evaluate with the same manifest") from None
-    return table[names].to_numpy(dtype=np.float64)[rows], names
+    x = table[names].to_numpy(dtype=np.float64)
+    if not baselines:
+        return x[rows], names, {}, {}
+    train = training_background(table, metadata.get("data_split") or {}, path)
+    if train[rows].any():
+        raise DataError(f"{path}: {int(train[rows].sum())} scored events are training events of its recorded split")
+    model_x = table[features].to_numpy(dtype=np.float64)
+    scores = baseline_scores(model_x[train], table["weight"].to_numpy(np.float64)[train], model_x[rows],
+                             [manifest.feature(f).kind for f in features], seed)
+    return x[rows], names, scores, {"features": features, "training_events": int(train.sum())}
 
 
 def _with_interval(block: dict, key: str) -> str:
     """'value (lo-hi)' for the report page; a dash where the number cannot be resolved."""
     value, lo, hi = block[key], block[f"{key}_lo"], block[f"{key}_hi"]
     return "\u2013" if math.isnan(value) else f"{value:.3g} ({lo:.3g}\u2013{hi:.3g})"
+
+
+# the score columns of `lit-vae predict` shown beside the default score (each larger = more anomalous)
+SCORE_SUITE = ("total", "recon", "kl", "latent_radius", "latent_mahalanobis", "prior_nll", "iwae")
 
 
 def score_block(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray, n_boot: int, seed: int) -> dict:
@@ -399,18 +416,23 @@ def evaluate_anomaly(scores: Sequence[str], out: str, labels: Sequence[str] | No
         is_signal, weight, score = columns["label"] == 1, columns["weight"].astype(np.float64), columns["score"]
         if not is_signal.any() or is_signal.all():
             raise DataError(f"{path}: needs both background and signal events to evaluate")
-        x, feature_names = (_with_features(samples, columns["event_number"], metadata, path) if references
-                            else (None, []))
+        x, feature_names, baselines, fitted = (
+            _with_features(samples, columns["event_number"], metadata, path, baselines=True, seed=seed)
+            if references else (None, [], {}, {}))
         yields = {s: float(weight[samples == s].sum()) for s in dict.fromkeys(samples)}
+        default = f"default score ({metadata.get('anomaly_score', 'total')})"
+        suite = {f"score: {name}": columns[name] for name in SCORE_SUITE
+                 if name in columns and not np.array_equal(columns[name], score)}
         entry = {"region": metadata.get("region"), "model": metadata.get("model"),
                  "checkpoint": metadata.get("checkpoint"), "n_background": int((~is_signal).sum()),
-                 "yields_pb": yields, "signals": {}}
+                 "yields_pb": yields, "default": default, "baselines": fitted, "signals": {}}
         distributions = {s: (score[samples == s], weight[samples == s]) for s in yields}
         score_figs.append(save_figure(plots.score_distributions(distributions), out_dir, f"scores_{label}"))
         for signal in tqdm(sorted(set(samples[is_signal])), desc=f"evaluating {label}", unit="signal"):
             rows_ = ~is_signal | (samples == signal)
             y, w = is_signal[rows_].astype(int), weight[rows_]
-            methods = {"anomaly score": score[rows_]}
+            methods = {default: score[rows_], **{name: values[rows_] for name, values in suite.items()},
+                       **{name: values[rows_] for name, values in baselines.items()}}
             if references:
                 methods["supervised (ceiling)"] = m.supervised_scores(x[rows_], y, w, seed=seed)
                 cut_name, cut_scores = m.best_single_cut(x[rows_], feature_names, y, w)
@@ -438,14 +460,17 @@ def evaluate_anomaly(scores: Sequence[str], out: str, labels: Sequence[str] | No
             "trained on), weighted by cross-section (pb). eps_S at eps_B: signal efficiency where the "
             "background efficiency is 10^-1, 10^-2, 10^-3 (a dash where the background sample is too small to "
             "resolve it); max SIC: the largest eps_S/sqrt(eps_B) keeping at least 10 effective background "
-            "events. In brackets: the 16-84 % interval of a Poisson bootstrap. The supervised classifier "
-            "(trained on this signal, out-of-fold) is the ceiling; the best single cut is the floor an anomaly "
-            "score must beat.</p>")
+            "events. In brackets: the 16-84 % interval of a Poisson bootstrap. The default score is the "
+            "model's configured anomaly_score (chosen before looking at signals); 'score: NAME' are the other "
+            "columns of the score file; the baselines (isolation forest, Gaussian mixture, one Gaussian) are "
+            "fitted on the model's training background only. The supervised classifier (trained on this signal, "
+            "out-of-fold) is the ceiling; the best single cut (chosen by looking at the signal) is the floor an "
+            "anomaly score must beat. This page never picks a score by its signal efficiency.</p>")
     sections = [("Anomaly detection", html_table(page_rows) + note)]
     if efficiency_rows:
         sections.append((f"Regions relative to {base_region}",
                          html_table(efficiency_rows) + "<p class='note'>eff: the region's yield over the base "
-                         "region's, per sample; max SIC vs base: the best eps_S/sqrt(eps_B) of the anomaly score "
+                         "region's, per sample; max_sic_vs_base: METHOD: the best eps_S/sqrt(eps_B) of that score "
                          "in the region times the region's own eps_S/sqrt(eps_B) relative to the base region: "
                          "does training on a tighter region buy sensitivity?</p>"))
     sections += [("ROC and significance improvement", html_figures(curves_figs, 2)),
@@ -460,8 +485,9 @@ def evaluate_anomaly(scores: Sequence[str], out: str, labels: Sequence[str] | No
 
 
 def _region_efficiencies(results: dict, base_region: str) -> list[dict]:
-    """Per scored region and signal: efficiency of signal and background relative to the base region,
-    and the anomaly score's max SIC expressed relative to the base region."""
+    """Per scored region and signal: efficiency of signal and background relative to the base region, and
+    the max SIC of every score (the default first, then the suite, baselines and references) expressed
+    relative to the base region: the region's own eps_S/sqrt(eps_B) times the score's best one inside it."""
     base = next((r for r in results.values() if r["region"] == base_region), None)
     if base is None:
         return []
@@ -472,11 +498,12 @@ def _region_efficiencies(results: dict, base_region: str) -> list[dict]:
                  / sum(base["yields_pb"][s] for s in background))
         for signal, block in entry["signals"].items():
             eff_s = entry["yields_pb"][signal] / base["yields_pb"].get(signal, float("nan"))
-            sic = block["anomaly score"]["max_sic"]
+            region_sic = eff_s / math.sqrt(eff_b) if eff_b > 0 else float("nan")
             rows.append({"scores": label, "region": entry["region"], "signal": signal, "eff_signal": eff_s,
-                         "eff_background": eff_b, "region_sic": eff_s / math.sqrt(eff_b) if eff_b > 0 else float("nan"),
-                         "max_sic_in_region": sic,
-                         "max_sic_vs_base": sic * eff_s / math.sqrt(eff_b) if eff_b > 0 else float("nan")})
+                         "eff_background": eff_b, "region_sic": region_sic,
+                         "max_sic_in_region": block[entry["default"]]["max_sic"],
+                         **{f"max_sic_vs_base: {method}": values["max_sic"] * region_sic
+                            for method, values in block.items()}})
     return rows
 
 
@@ -498,7 +525,7 @@ def evaluate_summary(reports: Sequence[str], out: str, title: str = "lit-vae rep
     for payload in loaded.values():
         for label, entry in payload.get("scores", {}).items():
             for signal, block in entry["signals"].items():
-                anomaly_auc[(label, signal)] = block["anomaly score"]
+                anomaly_auc[(label, signal)] = block[entry["default"]]
     sections, combined = [], {}
     for folder, payload in loaded.items():
         target = os.path.relpath(Path(folder) / "report.html", out_dir)

@@ -33,6 +33,9 @@ from lit_vae.models.priors import build_prior
 VAL_METRICS = ("loss", "elbo", "recon", "kl")
 VALIDATION_SEED = 20_240_101  # the fixed noise of every validation pass
 IWAE_SEED = 20_240_102  # the fixed noise of the importance-weighted score
+# anomaly_score -> the column of score_suite it names (nll: the reconstruction term recon, the MSE for an MSE head)
+SCORE_COLUMNS = {"total": "total", "nll": "recon", "kl": "kl", "latent_radius": "latent_radius",
+                 "prior_density": "prior_nll", "iwae": "iwae"}
 
 
 class BaseVAE(L.LightningModule):
@@ -51,7 +54,8 @@ class BaseVAE(L.LightningModule):
                  kl_form: Literal["true", "paper"] = "true",
                  heads: dict[str, str] | None = None, feature_weights: dict[str, float] | None = None,
                  flow_transforms: int = 5, flow_hidden: int = 128, flow_passes: int | None = None,
-                 nan_policy: Literal["stop", "skip"] = "stop", iwae_samples: int = 64):
+                 nan_policy: Literal["stop", "skip"] = "stop", iwae_samples: int = 64,
+                 anomaly_score: Literal["total", "nll", "kl", "latent_radius", "prior_density", "iwae"] = "total"):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.feature_kinds = list(feature_kinds or ["real"] * n_features)
@@ -77,6 +81,10 @@ class BaseVAE(L.LightningModule):
         self.decoder = build_decoder(decoder, latent_dim, self.sizes, self.feature_names, self.feature_kinds,
                                      activation, heads, feature_weights, flow_transforms, flow_hidden, flow_passes)
         self.prior = build_prior(prior, latent_dim, kl_form)
+        if anomaly_score == "iwae" and not (self.decoder.is_density and iwae_samples):
+            raise ConfigError("anomaly_score: iwae needs a density decoder (decoder: likelihood) and iwae_samples > 0; "
+                              "choose total, nll, kl, latent_radius or prior_density")
+        self.anomaly_score = anomaly_score  # the score column of `predict` (every other score is beside it)
         self.manifest_hash = ""
         self.data_split: dict = {}  # EventDataModule.split(): which events were trained on, which held out
         self.physics: dict = {}  # the DataModule's Physics state: how generated events are completed
@@ -268,13 +276,19 @@ class BaseVAE(L.LightningModule):
 
     @torch.no_grad()
     def score(self, batch: dict) -> dict[str, torch.Tensor]:
-        """Per-event anomaly scores, each larger for more anomalous events, deterministic: score (the total
-        loss at the posterior mean) and its parts; the latent radius |mu| and its length in the prior's
+        """score (the model's `anomaly_score`) and every score of the suite beside it."""
+        suite = self.score_suite(batch)
+        column = SCORE_COLUMNS[self.anomaly_score]
+        return {"score": suite[column], **suite}
+
+    def score_suite(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Per-event anomaly scores, each larger for more anomalous events, deterministic: total (the loss at
+        the posterior mean) and its parts (recon, kl); the latent radius |mu| and its length in the prior's
         standard space (latent_mahalanobis); -log p(mu) under the prior (prior_nll); and, for density
         decoders, -log p(x) from iwae_samples importance samples (iwae, unit feature weights)."""
         parts = self.losses(batch, deterministic=True)
         _, mu, log_sigma = self.encode(batch["x"], deterministic=True)
-        out = {"score": parts["loss"], **{k: v for k, v in parts.items() if k not in ("loss", "elbo")},
+        out = {"total": parts["loss"], **{k: v for k, v in parts.items() if k not in ("loss", "elbo")},
                "latent_radius": mu.norm(dim=-1), "latent_mahalanobis": self.prior.standardise(mu).norm(dim=-1),
                "prior_nll": -self.prior.log_prob(mu)}
         if self.iwae_samples and self.decoder.is_density:
@@ -283,8 +297,14 @@ class BaseVAE(L.LightningModule):
 
     def iwae_nll(self, batch: dict, mu: torch.Tensor, log_sigma: torch.Tensor, k: int) -> torch.Tensor:
         """-log p(x) ~ -log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x) (Burda et al.'s importance-
-        weighted estimate; an upper bound on -log p(x) that tightens with K). The noise comes from a generator
-        seeded with IWAE_SEED: the same events give the same numbers."""
+        weighted estimate; an upper bound on -log p(x) that tightens with K)."""
+        return -(torch.logsumexp(self.log_importance_weights(batch, mu, log_sigma, k), dim=0) - math.log(k))
+
+    def log_importance_weights(self, batch: dict, mu: torch.Tensor, log_sigma: torch.Tensor,
+                               k: int) -> torch.Tensor:
+        """log p(x|z_k) + log p(z_k) - log q(z_k|x) for k posterior draws per event, shape (k, events); their
+        mean is an ELBO estimate. The noise comes from a generator seeded with IWAE_SEED: the same events give
+        the same numbers."""
         n = len(mu)
         generator = torch.Generator(device=mu.device).manual_seed(IWAE_SEED)
         eps = torch.randn(k, *mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
@@ -293,7 +313,7 @@ class BaseVAE(L.LightningModule):
         log_px = -self.decoder.terms(z, tiled, self.transform)["nll"].reshape(k, n)
         log_q = (-0.5 * (eps**2 + LOG_2PI) - log_sigma).sum(dim=-1)
         log_p = self.prior.log_prob(z).reshape(k, n)
-        return -(torch.logsumexp(log_px + log_p - log_q, dim=0) - math.log(k))
+        return log_px + log_p - log_q
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
         ids = {k: batch[k] for k in ("event_id", "sample", "label", "weight_pb")}

@@ -15,6 +15,8 @@ from lit_vae.cli import main
 from lit_vae.data.io import EventWriter, read_region
 from lit_vae.data.manifest import load_manifest
 from lit_vae.data.split import background_train_mask
+from lit_vae.errors import DataError
+from lit_vae.evaluation.baselines import BASELINES, training_background
 from tests.paths import REPO
 
 ZGAMMA = REPO / "data_manifests" / "zgamma.yaml"
@@ -116,8 +118,9 @@ def scores(tmp_path_factory):
         columns = {"event_number": table["event_id"].to_numpy(np.uint64)[rows],
                    "sample": table["sample"].to_numpy(dtype=str)[rows], "label": signal[rows].astype(np.int32),
                    "weight": table["weight"].to_numpy(np.float64)[rows],
-                   "score": table["mt"].to_numpy(np.float32)[rows]}
-        metadata = {"manifest": str(WH1LBB), "region": region, "model": "test"}
+                   "score": table["mt"].to_numpy(np.float32)[rows], "kl": table["met"].to_numpy(np.float32)[rows]}
+        metadata = {"manifest": str(WH1LBB), "region": region, "model": "test", "anomaly_score": "total",
+                    "data_split": {"split_seed": 42, "train_fraction": 0.6, "features": ["met", "mt", "mbb"]}}
         files[region] = write(folder / f"scores_{region}.parquet", columns, metadata)
     return files
 
@@ -135,8 +138,12 @@ def test_anomaly_metrics_and_region_efficiencies_agree_with_direct_computations(
     rows = (table["label"] == 0) | (table["sample"] == signal)
     block = metrics["scores"]["preselection"]["signals"][signal]
     expected = roc_auc_score(table["label"][rows], table["score"][rows], sample_weight=table["weight"][rows])
-    assert block["anomaly score"]["auc"] == pytest.approx(expected)
-    assert block["anomaly score"]["auc_lo"] < expected < block["anomaly score"]["auc_hi"]
+    default = block["default score (total)"]
+    assert default["auc"] == pytest.approx(expected) and default["auc_lo"] < expected < default["auc_hi"]
+    expected_kl = roc_auc_score(table["label"][rows], table["kl"][rows], sample_weight=table["weight"][rows])
+    assert block["score: kl"]["auc"] == pytest.approx(expected_kl)
+    for baseline in BASELINES:  # fitted on the training background of met, mt, mbb: they see the signal
+        assert 0.6 < block[baseline]["auc"] < 1, baseline
     assert block["best cut: mt"]["auc"] == pytest.approx(expected)  # mt is the best single variable here
     assert block["supervised (ceiling)"]["auc"] > expected
     mid = pd.read_parquet(scores["mid"])
@@ -147,6 +154,34 @@ def test_anomaly_metrics_and_region_efficiencies_agree_with_direct_computations(
     assert row["eff_background"] == pytest.approx(mid["weight"][mid["label"] == 0].sum()
                                                   / table["weight"][table["label"] == 0].sum())
     assert efficiency[("preselection", signal)]["eff_signal"] == pytest.approx(1.0)
+
+
+def test_baselines_are_fitted_on_the_training_background_only():
+    """The rows the baselines are fitted on are the split's training background: no signal, no event of the
+    scored (validation) part; a score file whose split would put scored events in training is refused."""
+    manifest = load_manifest(WH1LBB)
+    table = read_region(manifest, "preselection", list(manifest.features))
+    train = training_background(table, {"split_seed": 42, "train_fraction": 0.6}, "scores.parquet")
+    signal = table["is_signal"].to_numpy(bool)
+    assert not (train & signal).any() and train.sum() == pytest.approx(0.6 * (~signal).sum(), rel=0.05)
+    validation = ~signal & ~train
+    assert not (train & validation).any() and (train | validation | signal).all()
+    other = training_background(table, {"split_seed": 7, "train_fraction": 0.6}, "scores.parquet")
+    assert (other & validation).any()  # another seed would train on scored events: what the evaluation refuses
+    with pytest.raises(DataError, match="no data split"):
+        training_background(table, {}, "scores.parquet")
+
+
+def test_a_score_file_whose_split_contradicts_its_rows_is_refused(scores, tmp_path, capsys):
+    import pandas as pd
+
+    columns = {k: v.to_numpy() for k, v in pd.read_parquet(scores["mid"]).items() if k != "region"}
+    metadata = {"manifest": str(WH1LBB), "region": "mid", "model": "test",
+                "data_split": {"split_seed": 7, "train_fraction": 0.6}}
+    path = write(tmp_path / "scores_mid.parquet", columns, metadata)
+    assert main(["evaluate", "anomaly", "--scores", str(path), "--out", str(tmp_path / "out"),
+                 "--bootstrap", "5"]) == 2
+    assert "scored events are training events of its recorded split" in capsys.readouterr().err
 
 
 def test_summary_page_joins_reports_and_links_them(generation_report, scores, tmp_path, monkeypatch):

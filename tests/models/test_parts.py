@@ -236,3 +236,32 @@ def test_iwae_score_is_minus_log_p_x_by_a_grid_integral_and_below_the_elbo_bound
     _, mu, _ = model.encode(x, deterministic=True)
     expected_prior_nll = 0.5 * (mu**2).sum(-1) + np.log(2 * np.pi)
     torch.testing.assert_close(scores["prior_nll"], expected_prior_nll)
+    # on the same K draws the log-mean-exp is at least their mean (the ELBO estimate): Jensen
+    _, mu, log_sigma = model.encode(x, deterministic=True)
+    log_w = model.log_importance_weights(batch, mu, log_sigma, 16)
+    assert (torch.logsumexp(log_w, 0) - np.log(16) >= log_w.mean(0)).all()
+    torch.testing.assert_close(model.iwae_nll(batch, mu, log_sigma, 16), -(torch.logsumexp(log_w, 0) - np.log(16)))
+
+
+@pytest.mark.parametrize("name, column", [("total", "total"), ("nll", "recon"), ("kl", "kl"),
+                                          ("latent_radius", "latent_radius"), ("prior_density", "prior_nll"),
+                                          ("iwae", "iwae")])
+def test_the_score_column_is_the_chosen_anomaly_score(name, column):
+    torch.manual_seed(1)
+    model = LikelihoodVAE(n_features=2, feature_kinds=["positive", "count"], latent_dim=2, n_nodes=8,
+                          iwae_samples=8, anomaly_score=name).eval()
+    x = torch.tensor([[1.5, 2.0], [0.2, 0.0], [7.0, 5.0]])
+    scores = model.score({"x": model.transform(x), "target": x, "weight": torch.ones(3)})
+    torch.testing.assert_close(scores["score"], scores[column])
+    assert {"total", "recon", "kl", "latent_radius", "latent_mahalanobis", "prior_nll", "iwae", "nll_x0"} <= set(scores)
+
+
+def test_an_importance_weighted_score_needs_a_density_decoder():
+    with pytest.raises(ConfigError, match="anomaly_score: iwae needs a density decoder"):
+        VAE(n_features=3, anomaly_score="iwae")
+    mse = VAE(n_features=3, anomaly_score="nll").eval()  # the MSE head's nll is its reconstruction term
+    batch = {"x": torch.randn(4, 3, generator=torch.Generator().manual_seed(2)), "weight": torch.ones(4)}
+    batch["target"] = batch["x"]
+    scores = mse.score(batch)
+    torch.testing.assert_close(scores["score"], scores["recon"])
+    assert "iwae" not in scores
