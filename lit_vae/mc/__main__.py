@@ -1,4 +1,5 @@
-"""`python -m lit_vae.mc PROCESS --events N --out FILE.root [--seed S] [--jobs J] [--fast] ...`"""
+"""`python -m lit_vae.mc PROCESS --events N --out FILE.root [--seed S] [--jobs J] [--fast] [--chunk i/N] ...`
+and `python -m lit_vae.mc merge PART.root ... --out FILE.root` (the parts of an array job)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mass-c1n2", type=float, default=500.0, help="c1n2_wh: chi1+-/chi20 mass, GeV")
     parser.add_argument("--mass-lsp", type=float, default=100.0, help="c1n2_wh: chi10 mass, GeV")
     parser.add_argument("--batch-size", type=int, default=400, help="events per Pythia nextBatch call")
+    parser.add_argument("--chunk-events", type=int, default=5000,
+                        help="selected events per seeded chunk (default 5000; at most 4095 chunks per sample)")
+    parser.add_argument("--chunk", default="0/1", metavar="i/N",
+                        help="run only part i of N of the request's chunks (one array-job task); "
+                             "join the N parts with `python -m lit_vae.mc merge`")
     parser.add_argument("--set", dest="extra_settings", action="append", default=[], metavar="'KEY = VALUE'",
                         help="extra Pythia setting (repeatable)")
     args = parser.parse_args(argv)
@@ -49,9 +55,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--jobs must be between 1 and 255, got {args.jobs}")
     if not 0 <= args.seed < 2**20:
         parser.error(f"--seed must be between 0 and {2**20 - 1}, got {args.seed}")
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be positive, got {args.batch_size}")
+    if args.batch_size < 1 or args.chunk_events < 1:
+        parser.error(f"--batch-size and --chunk-events must be positive, got {args.batch_size}, {args.chunk_events}")
+    try:
+        index, parts = (int(v) for v in args.chunk.split("/"))
+    except ValueError:
+        parser.error(f"--chunk must be i/N with integers, e.g. 0/10, got '{args.chunk}'")
+    if not 0 <= index < parts:
+        parser.error(f"--chunk i/N needs 0 <= i < N, got {args.chunk}")
+    args.part = (index, parts)
     return args
+
+
+def merge_main(argv: list[str]) -> int:
+    parser = OneLineParser(prog="python -m lit_vae.mc merge",
+                           description="Join the parts of one request (--chunk i/N) into one weighted sample.")
+    parser.add_argument("parts", nargs="+", help="the part files, every i of 0 ... N-1 once")
+    parser.add_argument("--out", required=True, help="output ROOT file (written atomically)")
+    args = parser.parse_args(argv)
+    from lit_vae.mc.production import merge
+
+    try:
+        check_output(args.out)
+        metadata = merge(args.parts, args.out)
+    except LitVAEError as err:
+        print(f"lit_vae.mc merge: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({"out": args.out, **{k: metadata[k] for k in ("process", "parts", "events_selected",
+                                                                    "events_generated", "sigma_pb")}}, indent=1))
+    return 0
 
 
 def check_output(path: str) -> None:
@@ -66,7 +98,10 @@ def check_output(path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["merge"]:
+        return merge_main(words[1:])
+    args = parse_args(words)
     from lit_vae.mc.production import Request, produce, stop_on_signals
 
     stop_on_signals()
@@ -75,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         process=args.process, events=args.events, out=args.out, seed=args.seed, jobs=args.jobs,
         fast=args.fast, truth_tag=args.truth_tag, veto=args.veto, mass=args.mass, mass_c1n2=args.mass_c1n2,
         mass_lsp=args.mass_lsp, batch_size=args.batch_size, extra_settings=tuple(args.extra_settings),
+        chunk_events=args.chunk_events, part=args.part,
     )
     try:
         check_output(args.out)
@@ -85,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"lit_vae.mc: interrupted; nothing written to {args.out}", file=sys.stderr)
         return 130
-    summary = {k: metadata[k] for k in ("process", "events_selected", "events_generated", "selection_efficiency",
-                                        "sigma_pb", "sum_weights_pb", "cpu_seconds", "selected_per_cpu_second")}
+    keys = ("process", "events_selected", "cpu_seconds") if args.part[1] > 1 else (
+        "process", "events_selected", "events_generated", "selection_efficiency", "sigma_pb", "sum_weights_pb",
+        "cpu_seconds", "selected_per_cpu_second")
+    summary = {k: metadata[k] for k in keys}
     print(json.dumps({"out": args.out, **summary}, indent=1))
     return 0
 

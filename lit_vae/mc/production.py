@@ -5,10 +5,15 @@ instance seeded from (seed, chunk), so the file depends on the seed and not on h
 (--jobs) share the chunks. The main process shows a progress bar (selected events per second), merges
 the chunks, computes the event weights (sigma x efficiency / generated events, in pb) and writes the
 file atomically with its metadata.
+
+For a batch system, `--chunk i/N` runs only the chunks c with c % N == i and writes them unweighted with
+each chunk's cross-section and counts (a part); `merge` joins the N parts into the file one process would
+have written (the same columns and weights).
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import queue
 import shlex
@@ -63,10 +68,12 @@ class Request:
     batch_size: int = 400
     chunk_events: int = CHUNK_EVENTS
     extra_settings: tuple[str, ...] = field(default_factory=tuple)
+    part: tuple[int, int] = (0, 1)  # (i, N): run the chunks c with c % N == i (a batch-system array task)
 
 
 @dataclass
 class JobResult:
+    chunk: int
     columns: dict[str, np.ndarray]
     weight_factor: np.ndarray
     events_generated: int  # up to and including the last kept selected event
@@ -161,6 +168,7 @@ def run_chunk(request: Request, chunk: int, quota: int, progress=None) -> JobRes
     index = np.concatenate(indices)[:quota]
     columns["event_number"] = event_numbers(request.seed, chunk, index)
     return JobResult(
+        chunk=chunk,
         columns=columns,
         weight_factor=np.concatenate(factors)[:quota],
         events_generated=int(index[-1]) + 1 if quota else 0,
@@ -177,9 +185,11 @@ def _worker(request: Request, chunk: int, quota: int, updates) -> JobResult:
 
 
 def run_chunks(request: Request) -> list[JobResult]:
-    """Run every chunk (on request.jobs processes when more than one) under one progress bar."""
-    quotas = chunk_quotas(request.events, request.chunk_events)
-    bar = tqdm(total=request.events, unit="evt", desc=request.process, file=sys.stderr, smoothing=0.1)
+    """Run the request's chunks of its part (on request.jobs processes when more than one) under one
+    progress bar."""
+    index, parts = request.part
+    quotas = {c: q for c, q in enumerate(chunk_quotas(request.events, request.chunk_events)) if c % parts == index}
+    bar = tqdm(total=sum(quotas.values()), unit="evt", desc=request.process, file=sys.stderr, smoothing=0.1)
     counts = {"generated": 0}
 
     def update(selected: int, generated: int) -> None:
@@ -189,11 +199,11 @@ def run_chunks(request: Request) -> list[JobResult]:
 
     try:
         if request.jobs == 1 or len(quotas) == 1:
-            return [run_chunk(request, c, q, progress=update) for c, q in enumerate(quotas)]
+            return [run_chunk(request, c, q, progress=update) for c, q in quotas.items()]
         context = mp.get_context("spawn")
         with context.Manager() as manager, context.Pool(min(request.jobs, len(quotas))) as pool:
             updates = manager.Queue()
-            pending = [pool.apply_async(_worker, (request, c, q, updates)) for c, q in enumerate(quotas)]
+            pending = [pool.apply_async(_worker, (request, c, q, updates)) for c, q in quotas.items()]
             while not all(p.ready() for p in pending):
                 if STOP.is_set():
                     pool.terminate()
@@ -210,16 +220,89 @@ def run_chunks(request: Request) -> list[JobResult]:
 
 
 def produce(request: Request) -> dict:
-    """Produce the sample, write request.out atomically and return its metadata."""
+    """Produce the sample (or the request's part of it), write request.out atomically and return its
+    metadata."""
     wall = time.time()
     with tempfile.TemporaryDirectory(prefix="lit_vae_mc_") as workdir:  # validates the options early
         process = build_process(request.process, mass=request.mass, mass_c1n2=request.mass_c1n2,
                                 mass_lsp=request.mass_lsp, workdir=Path(workdir))
         configured_pythia(pythia_settings(request, process, 0))
     if len(chunk_quotas(request.events, request.chunk_events)) > 0xFFF:
-        raise ConfigError(f"--events {request.events} needs more than {0xFFF} chunks; split the sample")
-    truth_tagging = process.truth_tag_default if request.truth_tag is None else request.truth_tag
+        raise ConfigError(f"--events {request.events} needs more than {0xFFF} chunks of --chunk-events "
+                          f"{request.chunk_events}; raise --chunk-events")
+    chunks = len(chunk_quotas(request.events, request.chunk_events))
+    if request.part[1] > chunks:
+        raise ConfigError(f"--chunk {request.part[0]}/{request.part[1]}: the request has only {chunks} chunks of "
+                          f"--chunk-events {request.chunk_events}; use N <= {chunks} or smaller chunks")
     results = run_chunks(request)
+    if request.part[1] > 1:
+        return write_part(request, process, results)
+    columns, metadata = assemble(request, process, results)
+    metadata.update(command="python -m lit_vae.mc " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                    wall_seconds=time.time() - wall)
+    write_root(request.out, columns, metadata)
+    return metadata
+
+
+def write_part(request: Request, process: Process, results: list[JobResult]) -> dict:
+    """One part of a distributed request: its chunks' events, their weight factors and, per chunk, the
+    cross-section and counts that `merge` needs to weight the whole sample."""
+    columns = {k: np.concatenate([r.columns[k] for r in results]) for k in results[0].columns}
+    columns["chunk"] = np.concatenate([np.full(len(r.weight_factor), r.chunk, np.int32) for r in results])
+    columns["weight_factor"] = np.concatenate([r.weight_factor for r in results])
+    metadata = {"lit_vae_part": list(request.part), "request": asdict(request), "process": request.process,
+                "chunks": [{k: v for k, v in asdict(r).items() if k not in ("columns", "weight_factor")}
+                           for r in results]}
+    write_root(request.out, columns, metadata)
+    return {**metadata, "events_selected": len(columns["chunk"]),
+            "cpu_seconds": sum(r.cpu_seconds for r in results)}
+
+
+def merge(parts: list[str], out: str) -> dict:
+    """Join the parts of one distributed request into the file a single process would have written;
+    refuse parts of different requests, a part given twice or a missing one."""
+    from lit_vae.data.io import read_root, read_root_metadata
+    from lit_vae.errors import DataError
+
+    results, requests, seen = [], set(), {}
+    for path in parts:
+        metadata = read_root_metadata(path)
+        if "lit_vae_part" not in metadata:
+            raise DataError(f"{path}: not a part written by `python -m lit_vae.mc ... --chunk i/N`")
+        index, total = metadata["lit_vae_part"]
+        if index in seen:
+            raise DataError(f"{path}: part {index}/{total} is also {seen[index]}; give each part once")
+        seen[index] = path
+        request = {k: v for k, v in metadata["request"].items() if k not in ("out", "jobs")}
+        requests.add(json.dumps({**request, "part": total}, sort_keys=True))
+        columns = read_root(path)
+        chunk = columns.pop("chunk")
+        factor = columns.pop("weight_factor")
+        for info in metadata["chunks"]:
+            mine = chunk == info["chunk"]
+            results.append(JobResult(columns={k: v[mine] for k, v in columns.items()}, weight_factor=factor[mine],
+                                     **info))
+    if len(requests) > 1:
+        raise DataError(f"{', '.join(parts)}: parts of different requests (process, events, seed or settings "
+                        "differ); merge the parts of one request")
+    missing = sorted(set(range(total)) - set(seen))
+    if missing:
+        raise DataError(f"parts {missing} of {total} are missing; run `python -m lit_vae.mc ... --chunk i/{total}` "
+                        "for each and merge them all")
+    request = json.loads(requests.pop())
+    request = Request(**{**request, "out": out, "part": (0, 1), "extra_settings": tuple(request["extra_settings"])})
+    with tempfile.TemporaryDirectory(prefix="lit_vae_mc_") as workdir:
+        process = build_process(request.process, mass=request.mass, mass_c1n2=request.mass_c1n2,
+                                mass_lsp=request.mass_lsp, workdir=Path(workdir))
+    columns, metadata = assemble(request, process, sorted(results, key=lambda r: r.chunk))
+    metadata.update(command="python -m lit_vae.mc merge " + " ".join(shlex.quote(p) for p in parts), parts=total)
+    write_root(out, columns, metadata)
+    return metadata
+
+
+def assemble(request: Request, process: Process, results: list[JobResult]) -> tuple[dict[str, np.ndarray], dict]:
+    """The sample's columns (chunks in order, event weights in pb) and metadata from its chunks' results."""
+    truth_tagging = process.truth_tag_default if request.truth_tag is None else request.truth_tag
     accepted = sum(r.accepted for r in results)
     sigma_mb = sum(r.sigma_mb * r.accepted for r in results) / accepted
     sigma_err_mb = np.sqrt(sum((r.sigma_err_mb * r.accepted) ** 2 for r in results)) / accepted
@@ -243,7 +326,6 @@ def produce(request: Request) -> dict:
         "description": process.description,
         "analysis": process.analysis,
         "request": asdict(request),
-        "command": "python -m lit_vae.mc " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "chunks": len(results),
         "pythia_settings": [r.settings for r in results],
         "pythia_version": version("pythia8mc"),
@@ -260,9 +342,7 @@ def produce(request: Request) -> dict:
         "selection_efficiency": len(out["weight"]) / generated,
         "sum_weights_pb": float(out["weight"].sum()),
         "cpu_seconds": cpu,
-        "wall_seconds": time.time() - wall,
         "selected_per_cpu_second": len(out["weight"]) / cpu,
         "detector": DETECTOR.as_dict(),
     }
-    write_root(request.out, out, metadata)
-    return metadata
+    return out, metadata

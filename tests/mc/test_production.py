@@ -25,6 +25,31 @@ def test_same_seed_gives_identical_arrays_whatever_the_jobs(produce_sample):
         np.testing.assert_array_equal(one[name], two[name], err_msg=name)
 
 
+def test_parts_of_an_array_job_merge_into_the_single_process_file(produce_sample, tmp_path):
+    """`--chunk 0/2` and `--chunk 1/2` (chunks 0, 2 and chunk 1 of three), merged: the same columns and
+    weights as one process; parts of another request, a part twice or a missing part are refused."""
+    from lit_vae.data.io import read_root, read_root_metadata
+    from lit_vae.mc.__main__ import main as mc
+
+    single, metadata, _ = produce_sample("zgamma", 120, seed=11, chunk_events=40)
+    parts = [str(tmp_path / f"part{i}.root") for i in range(2)]
+    for i, part in enumerate(parts):
+        assert mc(["zgamma", "--events", "120", "--seed", "11", "--chunk-events", "40", "--chunk", f"{i}/2",
+                   "--out", part]) == 0
+    merged = tmp_path / "merged.root"
+    assert mc(["merge", *parts, "--out", str(merged)]) == 0
+    columns = read_root(merged)
+    assert columns.keys() == single.keys()
+    for name in single:
+        np.testing.assert_array_equal(columns[name], single[name], err_msg=name)
+    merged_metadata = read_root_metadata(merged)
+    for key in ("sigma_pb", "sigma_err_pb", "events_generated", "events_selected", "sum_weights_pb", "chunks"):
+        assert merged_metadata[key] == metadata[key], key
+    assert mc(["merge", parts[0], parts[0], "--out", str(tmp_path / "twice.root")]) == 2
+    assert mc(["merge", parts[0], "--out", str(tmp_path / "half.root")]) == 2
+    assert not (tmp_path / "twice.root").exists() and not (tmp_path / "half.root").exists()
+
+
 def test_different_seeds_differ(produce_sample):
     a, _, _ = produce_sample("zgamma", 120, seed=11, chunk_events=60, jobs=1)
     b, _, _ = produce_sample("zgamma", 120, seed=12, chunk_events=60, jobs=1)
