@@ -15,8 +15,8 @@ from lit_vae.data.io import EventWriter
 
 
 class ScoreWriter(BasePredictionWriter):
-    """Writes one row per predicted event: event_number, sample, label, weight (pb), region and the score
-    columns (score = total loss, and its parts), to .parquet or .root, atomically. In ROOT, `sample` is
+    """Writes one row per predicted row: event_number, configuration, sample, label, weight (pb), region and
+    the score columns (score = total loss, and its parts), to .parquet or .root, atomically. In ROOT, `sample` is
     the index into the metadata's sample_names and the region is in the metadata. Under DDP the ranks'
     rows are gathered and rank 0 writes."""
 
@@ -37,15 +37,17 @@ class ScoreWriter(BasePredictionWriter):
         names = np.array(datamodule.sample_names)
         columns = {
             "event_number": local["event_id"].numpy().view(np.uint64),
+            "configuration": local["configuration"].numpy().astype(np.int32),  # the row of a truth-tagged event
             "sample": names[local["sample"].numpy()],
             "label": local["label"].numpy().astype(np.int32),
             "weight": local["weight_pb"].numpy().astype(np.float64),
             "region": np.full(len(local["label"]), datamodule.region),
         }
         for name, values in local.items():
-            if name not in ("event_id", "sample", "label", "weight", "weight_pb"):
+            if name not in ("event_id", "configuration", "sample", "label", "weight", "weight_pb"):
                 columns[name] = values.numpy().astype(np.float32)
-        order = np.lexsort((columns["event_number"], columns["sample"]))  # stable whatever the sharding
+        # stable whatever the sharding
+        order = np.lexsort((columns["configuration"], columns["event_number"], columns["sample"]))
         metadata = {**self.metadata, "region": datamodule.region, "manifest": str(datamodule.manifest.path),
                     "model": type(pl_module).__name__, "events": len(order)}
         if self.output.endswith(".root"):  # ROOT branches are numeric: sample as its index, region in metadata

@@ -72,8 +72,8 @@ def test_predict_writes_one_row_per_event(trained, tmp_path, suffix):
     dm.setup()
     assert len(scores) == len(dm.part("test")["x"]) == len(dm.part("val")["x"]) + 40
     assert scores.groupby("label").size().to_dict() == {0: len(dm.part("val")["x"]), 1: 40}
-    pairs = set(zip(scores["sample"], scores["event_number"], strict=True))
-    assert len(pairs) == len(scores)  # exactly one row per event
+    keys = set(zip(scores["sample"], scores["event_number"], scores["configuration"], strict=True))
+    assert len(keys) == len(scores)  # exactly one row per event (per tag configuration of a truth-tagged one)
     assert np.allclose(scores["total"], scores["recon"] + scores["kl"], rtol=1e-5)
     np.testing.assert_array_equal(scores["score"], scores["iwae"])  # preselection.yaml's anomaly_score
     assert np.corrcoef(scores["iwae"], scores["total"])[0, 1] > 0.9  # -log p(x) and the loss rank alike

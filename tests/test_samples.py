@@ -19,7 +19,7 @@ MINIMUM_EVENTS = {
     "zgamma_test.root": 25_000,
     "hzg150_sig.root": 20_000,
     "ttbar_1l.root": 40_000,
-    "wjets_1l.root": 1_000,
+    "wjets_1l.root": 10_000,
     "c1n2_wh_500_100.root": 10_000,
     "c1n2_wh_300_75.root": 10_000,
 }
@@ -62,12 +62,15 @@ def test_schema_size_and_finite_features(name):
     zgamma = name in ZGAMMA_FILES
     features = ZGAMMA_FEATURES if zgamma else ONE_LEPTON_FEATURES
     extra = ZGAMMA_EXTRA if zgamma else ONE_LEPTON_EXTRA
-    assert set(ev) == {*features, *extra, "event_number", "weight"}
-    assert len(ev["weight"]) == meta["events_selected"] >= MINIMUM_EVENTS[name]
+    truth_tagged = ("tag_config",) if meta["truth_tagging"] else ()
+    assert set(ev) == {*features, *extra, *truth_tagged, "event_number", "weight"}
+    assert len(np.unique(ev["event_number"])) == meta["events_selected"] >= MINIMUM_EVENTS[name]
+    assert len(ev["weight"]) == meta.get("rows", meta["events_selected"])
     for feature in features:
         assert np.all(np.isfinite(ev[feature])), feature
     assert np.all(ev["weight"] > 0)
-    assert ev["event_number"].dtype == np.uint64 and len(np.unique(ev["event_number"])) == len(ev["event_number"])
+    rows = np.stack([ev["event_number"], ev.get("tag_config", np.zeros(len(ev["weight"]))).astype(np.uint64)], axis=1)
+    assert ev["event_number"].dtype == np.uint64 and len(np.unique(rows, axis=0)) == len(rows)  # rows unique
     assert float(ev["weight"].sum()) == pytest.approx(meta["sum_weights_pb"], rel=1e-9)
 
 

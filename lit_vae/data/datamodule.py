@@ -11,7 +11,8 @@ shards stride over every event, so each is seen exactly once. A batch is a dict:
   event_id, sample (index into `sample_names`), label (1 = signal), weight_pb (the file's weight, pb)
                                                                       in test/predict batches
 event_id is the uint64 id stored bit for bit in an int64 tensor: `.numpy().view(np.uint64)` recovers it.
-Ids are unique within a sample; an event is identified by (sample, event_id).
+Ids are unique within a sample; an event is identified by (sample, event_id), a row by (sample, event_id,
+configuration): a truth-tagged event is one row per b-tag configuration, all in the same split part.
 """
 
 from __future__ import annotations
@@ -203,6 +204,7 @@ class EventDataModule(L.LightningDataModule):
             }
             if part == "test":
                 tensors["event_id"] = torch.from_numpy(ids[rows].view(np.int64).copy())
+                tensors["configuration"] = torch.from_numpy(table["configuration"].to_numpy(np.int64)[rows])
                 tensors["sample"] = torch.from_numpy(sample_index[rows])
                 tensors["label"] = torch.from_numpy(signal[rows].astype(np.int64))
                 tensors["weight_pb"] = torch.from_numpy(weight[rows])

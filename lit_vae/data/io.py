@@ -149,7 +149,10 @@ def _json_default(value):
 
 # --- Reading a region of a manifest into one table ---------------------------------------------------
 
-CACHE_FORMAT = 1  # bump when the cached table's layout changes
+CACHE_FORMAT = 2  # bump when the cached table's layout changes
+# A truth-tagged sample (lit_vae.mc) holds several rows per event, one per b-tag configuration; this branch
+# tells them apart (rows of one event share its id; other samples read as configuration 0).
+CONFIGURATION = "tag_config"
 STEP_SIZE = 200_000  # entries per uproot chunk: bounded memory whatever the file size
 
 
@@ -184,6 +187,17 @@ def _iterate_file(file: Path, tree: str, branches: list[str], step_size: int, ba
                         "is it truncated? regenerate it with `make samples`") from None
 
 
+def _branch_names(file: Path, tree: str) -> set[str]:
+    if file.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return set(pq.ParquetFile(file).schema_arrow.names)
+    import uproot
+
+    with uproot.open(file) as f:
+        return set(f[tree].keys())
+
+
 def _entries(file: Path, tree: str) -> int:
     if file.suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -201,7 +215,8 @@ def _entries(file: Path, tree: str) -> int:
 def read_region(manifest: Manifest, region: str, features: list[str], *, nan_policy: str = "drop",
                 step_size: int = STEP_SIZE, cache_dir: str | os.PathLike | None = ".cache/lit-vae"):
     """The selected events of region for every sample: a pandas DataFrame with the features, `weight`,
-    `event_id`, `sample` and `is_signal`, read from the parquet cache when the inputs are unchanged."""
+    `event_id`, `configuration` (the row of a truth-tagged event, else 0), `sample` and `is_signal`, read
+    from the parquet cache when the inputs are unchanged."""
     import pandas as pd
 
     if nan_policy not in ("drop", "raise"):
@@ -224,7 +239,9 @@ def read_region(manifest: Manifest, region: str, features: list[str], *, nan_pol
             parts = []
             offset = 0  # synthesised ids count on across the files of a sample: unique within it
             for file in sample.files:
-                for chunk in _iterate_file(file, sample.tree, branches, step_size, bar):
+                configured = CONFIGURATION in _branch_names(file, sample.tree)
+                needed = [*branches, CONFIGURATION] if configured and CONFIGURATION not in branches else branches
+                for chunk in _iterate_file(file, sample.tree, needed, step_size, bar):
                     n = len(chunk[branches[0]])
                     mask = evaluate_cut(cut, chunk, manifest.objects)
                     part = {name: manifest.column(name, chunk)[mask] for name in features}
@@ -235,6 +252,8 @@ def read_region(manifest: Manifest, region: str, features: list[str], *, nan_pol
                                         "fix or remove them in the ntuple")
                     ids = chunk[manifest.event_id] if manifest.event_id else offset + np.arange(n)
                     part["event_id"] = np.asarray(ids, dtype=np.uint64)[mask]
+                    part["configuration"] = (np.asarray(chunk[CONFIGURATION], dtype=np.int32)[mask] if configured
+                                             else np.zeros(int(mask.sum()), np.int32))
                     parts.append(pd.DataFrame(part))
                     offset += n
             frame = pd.concat(parts, ignore_index=True)

@@ -312,19 +312,26 @@ def anomaly_metrics(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray,
 
 
 def bootstrap_intervals(fn: Callable[..., dict[str, float]], labels: np.ndarray, scores: np.ndarray,
-                        weights: np.ndarray, n_boot: int = 100, seed: int = 0) -> dict[str, tuple[float, float]]:
-    """16-84 % intervals of every number fn(labels, scores, weights) returns, Poisson-bootstrapping events."""
+                        weights: np.ndarray, n_boot: int = 100, seed: int = 0,
+                        groups: np.ndarray | None = None) -> dict[str, tuple[float, float]]:
+    """16-84 % intervals of every number fn(labels, scores, weights) returns, Poisson-bootstrapping events:
+    rows with the same group index (the rows of one truth-tagged event) share one Poisson count."""
     rng = np.random.default_rng(seed)
-    draws = [fn(labels, scores, weights * rng.poisson(1.0, len(weights))) for _ in range(n_boot)]
+    groups = np.arange(len(weights)) if groups is None else groups
+    n_groups = int(groups.max()) + 1 if len(groups) else 0
+    draws = [fn(labels, scores, weights * rng.poisson(1.0, n_groups)[groups]) for _ in range(n_boot)]
     return {k: tuple(float(v) for v in np.nanpercentile([d[k] for d in draws], [16, 84]))
             if not all(np.isnan(d[k]) for d in draws) else (float("nan"), float("nan")) for k in draws[0]}
 
 
-def supervised_scores(x: np.ndarray, labels: np.ndarray, weights: np.ndarray, seed: int = 0) -> np.ndarray:
+def supervised_scores(x: np.ndarray, labels: np.ndarray, weights: np.ndarray, seed: int = 0,
+                      groups: np.ndarray | None = None) -> np.ndarray:
     """Out-of-fold signal probabilities of a gradient-boosted classifier trained on signal vs background
-    (two folds, classes balanced by weight): the supervised ceiling for an anomaly score."""
+    (two folds, classes balanced by weight; the rows of one event, same group index, in one fold): the
+    supervised ceiling for an anomaly score."""
     rng = np.random.default_rng(seed)
-    fold = rng.integers(0, 2, len(labels))
+    groups = np.arange(len(labels)) if groups is None else groups
+    fold = rng.integers(0, 2, int(groups.max()) + 1)[groups]
     balanced = weights / np.where(labels == 1, weights[labels == 1].sum(), weights[labels == 0].sum())
     out = np.zeros(len(labels))
     for k in (0, 1):

@@ -168,7 +168,10 @@ def log_to_wandb(payload: dict, tables: dict[str, list[dict]], images: Sequence[
     user is logged in, files under runs/)."""
     import wandb
 
-    run = wandb.run or wandb.init(project="lit-vae", job_type="evaluate", name=name, config={"out": str(out)})
+    # mode and directory from this process's environment now (wandb's settings singleton keeps those of its
+    # first use in the process, e.g. an earlier run with WANDB_MODE=disabled)
+    run = wandb.run or wandb.init(project="lit-vae", job_type="evaluate", name=name, config={"out": str(out)},
+                                  mode=os.environ.get("WANDB_MODE", "offline"), dir=os.environ.get("WANDB_DIR"))
     flat = {}
 
     def walk(prefix: str, value) -> None:
@@ -345,20 +348,21 @@ def _wandb_active() -> bool:
 ANOMALY_COLUMNS = ("auc", "eff_s_at_eff_b_0.1", "eff_s_at_eff_b_0.01", "eff_s_at_eff_b_0.001", "max_sic")
 
 
-def _with_features(samples: np.ndarray, event_numbers: np.ndarray, metadata: dict, path: str,
-                   baselines: bool, seed: int) -> tuple[np.ndarray, list[str], dict[str, np.ndarray], dict]:
-    """The manifest features of every scored event, joined on (sample, event_number); with baselines, their
-    scores of those events, fitted on the training background of the file's recorded data split."""
+def _with_features(samples: np.ndarray, event_numbers: np.ndarray, configurations: np.ndarray, metadata: dict,
+                   path: str, baselines: bool, seed: int) -> tuple[np.ndarray, list[str], dict[str, np.ndarray], dict]:
+    """The manifest features of every scored row, joined on (sample, event_number, configuration); with
+    baselines, their scores of those rows, fitted on the training background of the file's recorded split."""
     if "manifest" not in metadata or "region" not in metadata:
         raise DataError(f"{path}: no manifest/region in its metadata; was it written by `lit-vae predict`?")
     manifest = load_manifest(metadata["manifest"])
     names = list(manifest.features)
     features = list((metadata.get("data_split") or {}).get("features") or names)  # what the model saw
     table = read_region(manifest, metadata["region"], list(dict.fromkeys([*names, *features])))
-    key = dict(zip(zip(table["sample"].astype(str), table["event_id"].to_numpy(np.uint64), strict=True),
-                   range(len(table)), strict=True))
+    key = dict(zip(zip(table["sample"].astype(str), table["event_id"].to_numpy(np.uint64),
+                       table["configuration"].to_numpy(np.int64), strict=True), range(len(table)), strict=True))
     try:
-        rows = np.array([key[(s, int(e))] for s, e in zip(samples, event_numbers, strict=True)])
+        rows = np.array([key[(s, int(e), int(c))]
+                         for s, e, c in zip(samples, event_numbers, configurations, strict=True)])
     except KeyError as err:
         raise DataError(f"{path}: event {err.args[0]} is not in {manifest.path} region '{metadata['region']}'; "
                         "score and evaluate with the same manifest") from None
@@ -374,6 +378,12 @@ def _with_features(samples: np.ndarray, event_numbers: np.ndarray, metadata: dic
     return x[rows], names, scores, {"features": features, "training_events": int(train.sum())}
 
 
+def _event_index(samples: np.ndarray, event_numbers: np.ndarray) -> np.ndarray:
+    """One index per (sample, event_number): the rows of a truth-tagged event share it."""
+    pairs = np.rec.fromarrays([samples.astype(str), event_numbers.astype(np.uint64)])
+    return np.unique(pairs, return_inverse=True)[1].ravel()
+
+
 def _with_interval(block: dict, key: str) -> str:
     """'value (lo-hi)' for the report page; a dash where the number cannot be resolved."""
     value, lo, hi = block[key], block[f"{key}_lo"], block[f"{key}_hi"]
@@ -384,10 +394,12 @@ def _with_interval(block: dict, key: str) -> str:
 SCORE_SUITE = ("total", "recon", "kl", "latent_radius", "latent_mahalanobis", "prior_nll", "iwae")
 
 
-def score_block(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray, n_boot: int, seed: int) -> dict:
-    """Anomaly metrics and their bootstrap intervals for one score."""
+def score_block(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray, n_boot: int, seed: int,
+                groups: np.ndarray | None = None) -> dict:
+    """Anomaly metrics and their bootstrap intervals (resampling events: rows of one group together)."""
     values = m.anomaly_metrics(labels, scores, weights)
-    intervals = m.bootstrap_intervals(m.anomaly_metrics, labels, scores, weights, n_boot=n_boot, seed=seed)
+    intervals = m.bootstrap_intervals(m.anomaly_metrics, labels, scores, weights, n_boot=n_boot, seed=seed,
+                                      groups=groups)
     return {**values, **{f"{k}_lo": lo for k, (lo, _) in intervals.items()},
             **{f"{k}_hi": hi for k, (_, hi) in intervals.items()}}
 
@@ -416,9 +428,11 @@ def evaluate_anomaly(scores: Sequence[str], out: str, labels: Sequence[str] | No
         is_signal, weight, score = columns["label"] == 1, columns["weight"].astype(np.float64), columns["score"]
         if not is_signal.any() or is_signal.all():
             raise DataError(f"{path}: needs both background and signal events to evaluate")
+        configurations = columns.get("configuration", np.zeros(len(score), np.int32))
+        events = _event_index(samples, columns["event_number"])  # the rows of one event resample together
         x, feature_names, baselines, fitted = (
-            _with_features(samples, columns["event_number"], metadata, path, baselines=True, seed=seed)
-            if references else (None, [], {}, {}))
+            _with_features(samples, columns["event_number"], configurations, metadata, path, baselines=True,
+                           seed=seed) if references else (None, [], {}, {}))
         yields = {s: float(weight[samples == s].sum()) for s in dict.fromkeys(samples)}
         default = f"default score ({metadata.get('anomaly_score', 'total')})"
         suite = {f"score: {name}": columns[name] for name in SCORE_SUITE
@@ -430,17 +444,17 @@ def evaluate_anomaly(scores: Sequence[str], out: str, labels: Sequence[str] | No
         score_figs.append(save_figure(plots.score_distributions(distributions), out_dir, f"scores_{label}"))
         for signal in tqdm(sorted(set(samples[is_signal])), desc=f"evaluating {label}", unit="signal"):
             rows_ = ~is_signal | (samples == signal)
-            y, w = is_signal[rows_].astype(int), weight[rows_]
+            y, w, groups = is_signal[rows_].astype(int), weight[rows_], np.unique(events[rows_], return_inverse=True)[1]
             methods = {default: score[rows_], **{name: values[rows_] for name, values in suite.items()},
                        **{name: values[rows_] for name, values in baselines.items()}}
             if references:
-                methods["supervised (ceiling)"] = m.supervised_scores(x[rows_], y, w, seed=seed)
+                methods["supervised (ceiling)"] = m.supervised_scores(x[rows_], y, w, seed=seed, groups=groups)
                 cut_name, cut_scores = m.best_single_cut(x[rows_], feature_names, y, w)
                 methods[f"best cut: {cut_name}"] = cut_scores
             block = {}
             curves = {}
             for method, values in methods.items():
-                block[method] = score_block(y, values, w, n_boot, seed)
+                block[method] = score_block(y, values, w, n_boot, seed, groups)
                 eff_b, eff_s, _ = roc_curve(y, values, sample_weight=w)
                 curves[method] = (eff_b, eff_s)
                 rows.append({"scores": label, "region": entry["region"], "signal": signal, "method": method,

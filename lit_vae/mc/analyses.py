@@ -2,7 +2,8 @@
 
 `zgamma_columns`: two same-flavour opposite-sign leptons + a photon in 132 < m_llg < 168 GeV, the paper's
 21 training features. `one_lepton_columns`: the Wh1Lbb preselection of the thesis (Table 1) and its
-training features. Each returns (mask over the batch, dict of numpy columns for the selected events).
+training features. Each returns (the batch index of each selected row, dict of numpy columns per row); the
+one-lepton selection also a weight factor per row (truth-tagged events are several rows).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import awkward as ak
 import numpy as np
 from scipy.special import erf
 
+from lit_vae.data.io import CONFIGURATION as TAG_CONFIG  # the bitmask of the tagged jets of a row
 from lit_vae.mc.detector import Detector
 from lit_vae.mc.reconstruction import Objects, delta_phi, delta_r
 
@@ -22,7 +24,7 @@ ZGAMMA_FEATURES = (
 ZGAMMA_EXTRA = ("m_ll", "lep_flavour")
 ONE_LEPTON_FEATURES = ("met", "mt", "mbb", "mct2", "mlb1", "lep1Pt", "njet30", "nBjet30_MV2c10")
 ONE_LEPTON_EXTRA = ("met_phi", "lep1Eta", "lep1Phi", "j1_pt", "j2_pt", "b1_pt", "b2_pt")
-COUNT_COLUMNS = ("n_jets", "n_cjets", "njet30", "nBjet30_MV2c10", "lep_flavour")
+COUNT_COLUMNS = ("n_jets", "n_cjets", "njet30", "nBjet30_MV2c10", "lep_flavour", "tag_config")
 
 # Selections (GeV): the Zgamma window of the paper and the thesis preselection (Table 1).
 ZGAMMA_LEAD_PT_MIN = 20.0
@@ -100,33 +102,32 @@ def met_trigger_efficiency(met: np.ndarray, det: Detector) -> np.ndarray:
     return 0.5 * (1.0 + erf((met - det.trigger_midpoint) / (np.sqrt(2.0) * det.trigger_width)))
 
 
-def truth_tag(tag_prob: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Pick one tag configuration per event among those with 1-3 b-tags, with probability proportional
-    to its tagging probability; return (tags[event, jet], summed probability of passing configurations).
-
-    tag_prob is (events, jets) with jets <= 3 and 0 for padding; weighting the event by the returned
-    probability reproduces, on average, the direct tagging of every jet.
-    """
+def tag_configurations(tag_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every b-tag configuration of the (up to) three leading jets with 1-3 b-tags, and its probability per
+    event: (configs[config, jet] as bool, prob[event, config]). tag_prob is (events, jets) with 0 for
+    padding; summed over configurations, prob is the probability that direct tagging passes."""
     n_jets = tag_prob.shape[1]
-    configs = (np.arange(2**n_jets)[:, None] >> np.arange(n_jets)[None, :]) & 1  # (configs, jets)
-    prob = np.prod(np.where(configs[None], tag_prob[:, None, :], 1.0 - tag_prob[:, None, :]), axis=2)
+    configs = ((np.arange(2**n_jets)[:, None] >> np.arange(n_jets)[None, :]) & 1).astype(bool)
     n_tags = configs.sum(axis=1)
-    passing = (n_tags >= NBJET_RANGE[0]) & (n_tags <= NBJET_RANGE[1])
-    prob = np.where(passing[None, :], prob, 0.0)
-    total = prob.sum(axis=1)
-    cumulative = np.cumsum(prob, axis=1) / np.maximum(total, 1e-300)[:, None]
-    choice = (rng.random(len(tag_prob))[:, None] > cumulative).sum(axis=1)
-    choice = np.minimum(choice, 2**n_jets - 1)
-    return configs[choice].astype(bool), total
+    configs = configs[(n_tags >= NBJET_RANGE[0]) & (n_tags <= NBJET_RANGE[1])]
+    prob = np.prod(np.where(configs[None], tag_prob[:, None, :], 1.0 - tag_prob[:, None, :]), axis=2)
+    return configs, prob
 
 
 def one_lepton_columns(
     obj: Objects, rng: np.random.Generator, det: Detector, *, truth_tagging: bool
 ) -> tuple[np.ndarray, dict, np.ndarray]:
-    """Thesis preselection and training features; returns (mask, columns, per-event weight factor).
+    """Thesis preselection and training features; returns (event index of each row, columns per row,
+    weight factor per row).
 
-    mbb and mct2 use the two leading b-tagged jets; with exactly one b-tag, the leading b-jet and the
-    leading untagged jet (b2_pt is then that jet's pT). mlb1 is the mass of the lepton and leading b-jet.
+    Directly tagged, an event is one row. Truth-tagged (W + jets: light jets are tagged at 1 %, so direct
+    tagging throws away most events), an event is one row per b-tag configuration of its three leading
+    jets with 1-3 b-tags and a non-zero probability, weighted by that probability: the rows of an event
+    share its id, differ in `tag_config` (the bitmask of tagged jets) and their weights sum to the event's
+    weight times its probability to pass the b-tag requirement, so every region (2-3b included) gets
+    W + jets rows. mbb and mct2 use the two leading b-tagged jets; with exactly one b-tag, the leading b-jet
+    and the leading untagged jet (b2_pt is then that jet's pT). mlb1 is the mass of the lepton and leading
+    b-jet.
     """
     n = len(obj.met)
     leptons = obj.leptons
@@ -137,14 +138,41 @@ def one_lepton_columns(
     padded = ak.pad_none(jets30[:, :3], 3, axis=1)
     jet = {k: ak.to_numpy(ak.fill_none(padded[k], 0.0)).astype(np.float64) for k in ("pt", "eta", "phi", "e", "m")}
     prob = ak.to_numpy(ak.fill_none(padded.tag_prob, 0.0)).astype(np.float64)
-
     if truth_tagging:
-        tags, weight = truth_tag(prob, rng)
-    else:
-        tags, weight = rng.random(prob.shape) < prob, np.ones(n)
-    tags &= jet["pt"] > 0
-    n_b = tags.sum(axis=1)
+        configs, config_prob = tag_configurations(prob)
+    else:  # drawn before the trigger: the random stream of the shipped samples
+        direct = (rng.random(prob.shape) < prob) & (jet["pt"] > 0)
+        configs, config_prob = direct[:, None, :], np.ones((n, 1))
+    mt = np.sqrt(np.maximum(2 * lep["pt"] * obj.met * (1 - np.cos(delta_phi(lep["phi"], obj.met_phi))), 0.0))
+    trigger = rng.random(n) < met_trigger_efficiency(obj.met, det)
+    selected = (
+        trigger
+        & (n_lep == 1) & (lep["pt"] > ONE_LEPTON_PT_MIN)
+        & (njet30 >= NJET30_RANGE[0]) & (njet30 <= NJET30_RANGE[1])
+        & (obj.met > MET_MIN) & (mt > MT_MIN)
+    )
+    common = {"met": obj.met, "mt": mt, "lep1Pt": lep["pt"], "njet30": njet30, "met_phi": obj.met_phi,
+              "lep1Eta": lep["eta"], "lep1Phi": lep["phi"], "j1_pt": jet["pt"][:, 0], "j2_pt": jet["pt"][:, 1]}
+    rows, columns, factors = [], [], []
+    for c in range(configs.shape[-2]):
+        tags = np.broadcast_to(configs[..., c, :], prob.shape)
+        n_b = tags.sum(axis=1)
+        keep = selected & (n_b >= NBJET_RANGE[0]) & (n_b <= NBJET_RANGE[1]) & (config_prob[:, c] > 0)
+        tagged = _tagged_columns(tags, jet, lep)
+        rows.append(np.flatnonzero(keep))
+        columns.append({**{k: np.asarray(v)[keep] for k, v in common.items()},
+                        **{k: v[keep] for k, v in tagged.items()},
+                        TAG_CONFIG: (tags[keep] * (1 << np.arange(3))).sum(axis=1)})
+        factors.append(config_prob[keep, c])
+    row_event = np.concatenate(rows)
+    order = np.argsort(row_event, kind="stable")  # rows grouped by event, configurations in bitmask order
+    columns = {k: np.concatenate([c[k] for c in columns])[order] for k in columns[0]}
+    names = (*ONE_LEPTON_FEATURES, *ONE_LEPTON_EXTRA, *((TAG_CONFIG,) if truth_tagging else ()))
+    return row_event[order], {k: columns[k] for k in names}, np.concatenate(factors)[order]
 
+
+def _tagged_columns(tags: np.ndarray, jet: dict, lep: dict) -> dict[str, np.ndarray]:
+    """The b-tag-dependent columns of one tag configuration (tags[event, jet])."""
     # Order: tagged jets first (by pT), then untagged; the first two form the bb pair.
     order = np.argsort(np.where(tags, -1e6, 0.0) - jet["pt"], axis=1, kind="stable")
     pick = {k: np.take_along_axis(v, order, axis=1) for k, v in jet.items()}
@@ -153,31 +181,5 @@ def one_lepton_columns(
     et1 = np.sqrt(pick["pt"][:, 0] ** 2 + pick["m"][:, 0] ** 2)
     et2 = np.sqrt(pick["pt"][:, 1] ** 2 + pick["m"][:, 1] ** 2)
     mct2_sq = (et1 + et2) ** 2 - (b1[1] - b2[1]) ** 2 - (b1[2] - b2[2]) ** 2
-    mt = np.sqrt(np.maximum(2 * lep["pt"] * obj.met * (1 - np.cos(delta_phi(lep["phi"], obj.met_phi))), 0.0))
-    trigger = rng.random(n) < met_trigger_efficiency(obj.met, det)
-
-    mask = (
-        trigger
-        & (n_lep == 1) & (lep["pt"] > ONE_LEPTON_PT_MIN)
-        & (njet30 >= NJET30_RANGE[0]) & (njet30 <= NJET30_RANGE[1])
-        & (n_b >= NBJET_RANGE[0]) & (n_b <= NBJET_RANGE[1])
-        & (obj.met > MET_MIN) & (mt > MT_MIN)
-    )
-    cols = {
-        "met": obj.met,
-        "mt": mt,
-        "mbb": invariant_mass(b1, b2),
-        "mct2": np.sqrt(np.maximum(mct2_sq, 0.0)),
-        "mlb1": invariant_mass(vl, b1),
-        "lep1Pt": lep["pt"],
-        "njet30": njet30,
-        "nBjet30_MV2c10": n_b,
-        "met_phi": obj.met_phi,
-        "lep1Eta": lep["eta"],
-        "lep1Phi": lep["phi"],
-        "j1_pt": jet["pt"][:, 0],
-        "j2_pt": jet["pt"][:, 1],
-        "b1_pt": pick["pt"][:, 0],
-        "b2_pt": pick["pt"][:, 1],
-    }
-    return mask, {k: np.asarray(v)[mask] for k, v in cols.items()}, weight[mask]
+    return {"mbb": invariant_mass(b1, b2), "mct2": np.sqrt(np.maximum(mct2_sq, 0.0)), "mlb1": invariant_mass(vl, b1),
+            "nBjet30_MV2c10": tags.sum(axis=1), "b1_pt": pick["pt"][:, 0], "b2_pt": pick["pt"][:, 1]}

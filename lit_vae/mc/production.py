@@ -148,29 +148,32 @@ def run_chunk(request: Request, chunk: int, quota: int, progress=None) -> JobRes
             objects = reconstruct(batch.prt, rng, DETECTOR)
             if process.analysis == "zgamma":
                 mask, columns = analyses.zgamma_columns(objects, rng, DETECTOR)
-                factor = np.ones(int(mask.sum()))
+                rows, factor = np.flatnonzero(mask), np.ones(int(mask.sum()))
             else:
-                mask, columns, factor = analyses.one_lepton_columns(
+                rows, columns, factor = analyses.one_lepton_columns(
                     objects, rng, DETECTOR, truth_tagging=truth_tagging
                 )
             chunks.append(columns)
             factors.append(factor)
-            indices.append(generated + np.flatnonzero(mask))
-            selected += int(mask.sum())
-            generated += len(mask)
+            indices.append(generated + rows)
+            events = len(np.unique(rows))
+            selected += events
+            generated += len(batch.prt)
             if progress is not None:
-                progress(int(mask.sum()), len(mask))
+                progress(events, len(batch.prt))
         info = pythia.infoPython()
         sigma, sigma_err, accepted = info.sigmaGen(), info.sigmaErr(), info.nAccepted()
         del hook
 
-    columns = {k: np.concatenate([c[k] for c in chunks])[:quota] for k in chunks[0]}
-    index = np.concatenate(indices)[:quota]
+    index = np.concatenate(indices)
+    keep = index <= np.unique(index)[quota - 1] if quota else index < 0  # the first quota events, all their rows
+    columns = {k: np.concatenate([c[k] for c in chunks])[keep] for k in chunks[0]}
+    index = index[keep]
     columns["event_number"] = event_numbers(request.seed, chunk, index)
     return JobResult(
         chunk=chunk,
         columns=columns,
-        weight_factor=np.concatenate(factors)[:quota],
+        weight_factor=np.concatenate(factors)[keep],
         events_generated=int(index[-1]) + 1 if quota else 0,
         sigma_mb=sigma,
         sigma_err_mb=sigma_err,
@@ -254,7 +257,7 @@ def write_part(request: Request, process: Process, results: list[JobResult]) -> 
                 "chunks": [{k: v for k, v in asdict(r).items() if k not in ("columns", "weight_factor")}
                            for r in results]}
     write_root(request.out, columns, metadata)
-    return {**metadata, "events_selected": len(columns["chunk"]),
+    return {**metadata, "events_selected": len(np.unique(columns["event_number"])),
             "cpu_seconds": sum(r.cpu_seconds for r in results)}
 
 
@@ -319,6 +322,7 @@ def assemble(request: Request, process: Process, results: list[JobResult]) -> tu
         else:
             out[name] = values.astype(np.float32)
     out["weight"] = sigma_mb * MB_TO_PB * factor / generated
+    events = len(np.unique(out["event_number"]))
 
     cpu = sum(r.cpu_seconds for r in results)
     metadata = {
@@ -338,11 +342,12 @@ def assemble(request: Request, process: Process, results: list[JobResult]) -> tu
         "sigma_pb": sigma_mb * MB_TO_PB,
         "sigma_err_pb": sigma_err_mb * MB_TO_PB,
         "events_generated": generated,
-        "events_selected": len(out["weight"]),
-        "selection_efficiency": len(out["weight"]) / generated,
+        "events_selected": events,
+        "rows": len(out["weight"]),  # more than events where truth-tagging writes one row per tag configuration
+        "selection_efficiency": events / generated,
         "sum_weights_pb": float(out["weight"].sum()),
         "cpu_seconds": cpu,
-        "selected_per_cpu_second": len(out["weight"]) / cpu,
+        "selected_per_cpu_second": events / cpu,
         "detector": DETECTOR.as_dict(),
     }
     return out, metadata

@@ -316,7 +316,7 @@ class BaseVAE(L.LightningModule):
         return log_px + log_p - log_q
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
-        ids = {k: batch[k] for k in ("event_id", "sample", "label", "weight_pb")}
+        ids = {k: batch[k] for k in ("event_id", "configuration", "sample", "label", "weight_pb")}
         return {**self.score(batch), **ids}
 
 

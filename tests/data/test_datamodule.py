@@ -77,11 +77,12 @@ def test_test_set_is_validation_background_plus_all_signal(datamodule):
     names = datamodule.sample_names
     assert (labels == 1).sum() == 40 and (labels == 0).sum() == len(val["x"])
     assert set(test["sample"][labels == 1].tolist()) == {names.index("c1n2_wh")}
-    # An event is identified by (sample, event_id): ids are unique within a sample.
-    pairs = set(zip(test["sample"].tolist(), test["event_id"].numpy().view(np.uint64).tolist(), strict=True))
-    assert len(pairs) == len(labels)
+    # A row is identified by (sample, event_id, configuration): truth-tagged events are several rows.
+    keys = set(zip(test["sample"].tolist(), test["event_id"].numpy().view(np.uint64).tolist(),
+                   test["configuration"].tolist(), strict=True))
+    assert len(keys) == len(labels)
     batch = next(iter(datamodule.predict_dataloader()))
-    assert set(batch) == {"x", "target", "weight", "event_id", "sample", "label", "weight_pb"}
+    assert set(batch) == {"x", "target", "weight", "event_id", "configuration", "sample", "label", "weight_pb"}
 
 
 def test_transform_is_fitted_on_training_only(datamodule):
@@ -136,3 +137,18 @@ def test_shipped_wh1lbb_regions_nest(tmp_path):
         counts[region] = {r["sample"]: r["events"] for r in dm.summary}
     for sample in counts["preselection"]:
         assert counts["preselection"][sample] >= counts["mid"][sample] >= counts["2-3b"][sample] > 0
+
+
+def test_the_rows_of_a_truth_tagged_event_stay_in_one_part(datamodule, wh1lbb_manifest):
+    """W + jets is truth-tagged: several rows (tag configurations) per event. Every row is read, with its
+    configuration, and all rows of an event fall in the same part (the split hashes the event id)."""
+    from lit_vae.data.io import read_region
+    from lit_vae.data.split import background_train_mask
+
+    table = read_region(datamodule.manifest, "preselection", list(datamodule.features), cache_dir=None)
+    wjets = table[table["sample"] == "wjets"]
+    assert wjets.duplicated("event_id").any() and not wjets.duplicated(["event_id", "configuration"]).any()
+    assert (table.loc[table["sample"] != "wjets", "configuration"] == 0).all()
+    train = background_train_mask(table, datamodule.split_seed, datamodule.train_fraction)
+    parts = table.assign(train=train).groupby(["sample", "event_id"], observed=True)["train"].nunique()
+    assert (parts == 1).all()

@@ -170,3 +170,21 @@ def test_references_find_the_discriminating_variable(rng):
     assert name == "-b" and roc_auc_score(labels, cut) > 0.9
     supervised = m.supervised_scores(x, labels, np.ones(2 * n))
     assert roc_auc_score(labels, supervised) > 0.9
+
+
+def test_the_bootstrap_resamples_events_not_rows(rng):
+    """Each event split into two rows of half its weight (a truth-tagged event's configurations): with the
+    rows grouped by event the intervals are exactly those of the events; resampling rows alone would
+    narrow them."""
+    labels = rng.integers(0, 2, 400)
+    scores = rng.normal(labels * 0.8, 1.0)
+    weights = rng.uniform(0.5, 1.5, 400)
+    rows = np.repeat(np.arange(400), 2)
+    events = m.bootstrap_intervals(m.anomaly_metrics, labels, scores, weights, n_boot=60, seed=3)
+    grouped = m.bootstrap_intervals(m.anomaly_metrics, labels[rows], scores[rows], weights[rows] / 2, n_boot=60,
+                                    seed=3, groups=rows)
+    assert grouped["auc"] == pytest.approx(events["auc"], rel=1e-12)
+    wide = m.bootstrap_intervals(m.anomaly_metrics, labels, scores, weights, n_boot=400, seed=4)
+    narrow = m.bootstrap_intervals(m.anomaly_metrics, labels[rows], scores[rows], weights[rows] / 2, n_boot=400,
+                                   seed=4)  # the rows drawn apart: about 1/sqrt(2) of the width
+    assert narrow["auc"][1] - narrow["auc"][0] < 0.85 * (wide["auc"][1] - wide["auc"][0])

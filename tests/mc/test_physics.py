@@ -9,43 +9,44 @@ import pytest
 from scipy import stats
 
 from lit_vae.errors import ConfigError
-from lit_vae.mc.analyses import four_vector, invariant_mass, met_trigger_efficiency, truth_tag
+from lit_vae.mc.analyses import four_vector, invariant_mass, met_trigger_efficiency, tag_configurations
 from lit_vae.mc.detector import DETECTOR
 from lit_vae.mc.processes import c1n2_wh, write_slha
 from lit_vae.mc.reconstruction import delta_phi, hadron_quark_content
 
 
-def test_truth_tag_pass_probability_is_closed_form():
+def test_truth_tag_configurations_sum_to_the_pass_probability():
+    """Summed over the configurations with 1-3 b-tags, the probabilities give the closed-form probability
+    that direct tagging passes (at least one tag among three jets; two-jet events padded with 0)."""
     rng = np.random.default_rng(0)
     p = rng.uniform(0, 1, size=(500, 3))
-    p[:100, 2] = 0.0  # two-jet events are padded with a zero probability
-    _, total = truth_tag(p, rng)
-    np.testing.assert_allclose(total, 1 - np.prod(1 - p, axis=1), rtol=1e-12)
+    p[:100, 2] = 0.0
+    configs, prob = tag_configurations(p)
+    assert configs.shape == (7, 3) and configs.sum(axis=1).min() == 1
+    np.testing.assert_allclose(prob.sum(axis=1), 1 - np.prod(1 - p, axis=1), rtol=1e-12)
+    assert np.all(prob[:100][:, configs[:, 2]] == 0)  # a padded jet is never tagged
 
 
-def test_truth_tag_draws_configurations_with_their_probabilities():
-    p = np.array([0.77, 0.16, 0.01])
-    tags, _ = truth_tag(np.tile(p, (200_000, 1)), np.random.default_rng(1))
-    assert np.all(tags.sum(axis=1) >= 1)
-    configs = [c for c in itertools.product([0, 1], repeat=3) if sum(c) >= 1]
-    expected = np.array([np.prod(np.where(np.array(c) == 1, p, 1 - p)) for c in configs])
-    expected /= expected.sum()
-    observed = np.array([np.all(tags == np.array(c, bool), axis=1).sum() for c in configs])
-    keep = expected * len(tags) > 5
-    chi2 = stats.chisquare(observed[keep], expected[keep] * observed[keep].sum() / expected[keep].sum())
-    assert chi2.pvalue > 1e-3
+def test_truth_tag_configuration_probabilities_are_products():
+    p = np.array([[0.77, 0.16, 0.01]])
+    configs, prob = tag_configurations(p)
+    for config, value in zip(configs, prob[0], strict=True):
+        expected = np.prod([q if tagged else 1 - q for q, tagged in zip(p[0], config, strict=True)])
+        assert value == pytest.approx(expected, rel=1e-12)
+    assert {tuple(c) for c in configs.astype(int)} == {c for c in itertools.product([0, 1], repeat=3) if sum(c)}
 
 
 def test_truth_tag_reproduces_direct_tagging_on_average():
-    """Weighted truth-tagged counts equal the direct-tagging expectation per b-tag multiplicity."""
+    """Weighted truth-tagged rows per b-tag multiplicity equal the direct-tagging frequencies."""
     rng = np.random.default_rng(2)
     p = np.tile([0.77, 0.16, 0.01], (400_000, 1))
-    tags, weight = truth_tag(p, rng)
+    configs, prob = tag_configurations(p[:1])
     direct = rng.random(p.shape) < p
     for n in (1, 2, 3):
-        truth = weight[tags.sum(axis=1) == n].sum() / len(p)
+        truth = prob[0, configs.sum(axis=1) == n].sum()
         plain = (direct.sum(axis=1) == n).mean()
         assert truth == pytest.approx(plain, abs=4e-3)
+    assert stats.binomtest(int((direct.sum(axis=1) >= 1).sum()), len(p), prob.sum()).pvalue > 1e-3
 
 
 def test_trigger_turn_on():

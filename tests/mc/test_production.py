@@ -94,8 +94,11 @@ def test_hzg_mass_peak(produce_sample):
 ])
 def test_one_lepton_preselection_holds_on_every_event(produce_sample, process, options):
     ev, meta, _ = produce_sample(process, 40, **options)
-    assert set(ev) == ONE_LEPTON_COLUMNS
-    assert len(ev["met"]) == 40
+    assert set(ev) == ONE_LEPTON_COLUMNS | ({"tag_config"} if meta["truth_tagging"] else set())
+    assert len(np.unique(ev["event_number"])) == 40 == meta["events_selected"] and len(ev["met"]) == meta["rows"]
+    if meta["truth_tagging"]:
+        tags = (ev["tag_config"][:, None] >> np.arange(3)) & 1
+        np.testing.assert_array_equal(tags.sum(axis=1), ev["nBjet30_MV2c10"])  # the bitmask of the tagged jets
     assert np.all(ev["met"] > 220) and np.all(ev["mt"] > 50) and np.all(ev["lep1Pt"] > 27)
     assert np.all((ev["njet30"] >= 2) & (ev["njet30"] <= 3))
     assert np.all((ev["nBjet30_MV2c10"] >= 1) & (ev["nBjet30_MV2c10"] <= 3))
@@ -117,10 +120,16 @@ def test_wjets_truth_tagging_reweights(produce_sample):
     assert meta["truth_tagging"] is True
     base = meta["sigma_pb"] / meta["events_generated"]
     factor = ev["weight"] / base
-    # Each event carries the probability of its passing tag configurations: < 1, and mostly small
-    # because W+jets jets are light.
-    assert np.all((factor > 0) & (factor <= 1.0 + 1e-9))
-    assert np.median(factor) < 0.5
+    # An event is one row per passing tag configuration (distinct bitmasks, one id), weighted by its
+    # probability; an event's rows sum to its pass probability: < 1, and mostly small (light jets).
+    import pandas as pd
+
+    rows = pd.DataFrame({"id": ev["event_number"], "config": ev["tag_config"], "factor": factor})
+    assert not rows.duplicated(["id", "config"]).any() and len(rows) > 40
+    per_event = rows.groupby("id")["factor"].sum()
+    assert len(per_event) == 40 and np.all((per_event > 0) & (per_event <= 1.0 + 1e-6))
+    assert np.median(per_event) < 0.5
+    assert (ev["nBjet30_MV2c10"] >= 2).sum() > 40  # 2-3b rows from most events: the point of truth-tagging
 
 
 def test_metadata_is_complete(produce_sample):
