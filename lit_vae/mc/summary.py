@@ -21,8 +21,9 @@ def row(path: str | Path) -> str:
     """One markdown table row for the sample at path."""
     m = read_root_metadata(path)
     rate = m["selected_per_cpu_second"]
+    rows = f" ({m['rows']:,} rows)" if m.get("rows", m["events_selected"]) != m["events_selected"] else ""
     return (
-        f"| `{Path(path).name}` | {m['description']} | {m['events_selected']:,} | {m['sigma_pb']:.4g} "
+        f"| `{Path(path).name}` | {m['description']} | {m['events_selected']:,}{rows} | {m['sigma_pb']:.4g} "
         f"| {m['sum_weights_pb']:.4g} | {m['selection_efficiency']:.4f} | {'on' if m['mpi'] else 'off'} "
         f"| {'yes' if m['truth_tagging'] else 'no'} | {rate:.1f} | {1e6 / rate / 3600:.1f} |"
     )
