@@ -14,11 +14,13 @@ weighted mixture of processes as the model. scikit-learn does the fitting:
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
 from sklearn.covariance import EmpiricalCovariance
 from sklearn.ensemble import IsolationForest
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
 from lit_vae.data.split import background_train_mask
@@ -51,8 +53,11 @@ def baseline_scores(train_x: np.ndarray, train_w: np.ndarray, x: np.ndarray, kin
     rng = np.random.default_rng(seed)
     sample = fit_on[rng.choice(len(fit_on), size=FIT_EVENTS, p=train_w / train_w.sum())]
     forest = IsolationForest(n_estimators=200, random_state=seed).fit(sample)
-    mixtures = [GaussianMixture(k, covariance_type="full", reg_covar=1e-4, random_state=seed).fit(sample)
-                for k in COMPONENTS if k * (len(kinds) + 1) ** 2 < len(train_x)]
+    with warnings.catch_warnings():  # EM stopping at max_iter still gives a usable density; say nothing
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mixtures = [GaussianMixture(k, covariance_type="full", reg_covar=1e-4, max_iter=300,
+                                    random_state=seed).fit(sample)
+                    for k in COMPONENTS if k * (len(kinds) + 1) ** 2 < len(train_x)]
     mixture = min(mixtures, key=lambda g: g.bic(sample))
     gaussian = EmpiricalCovariance().fit(sample)
     log_det = np.linalg.slogdet(gaussian.covariance_)[1]

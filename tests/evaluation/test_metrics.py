@@ -188,3 +188,23 @@ def test_the_bootstrap_resamples_events_not_rows(rng):
     narrow = m.bootstrap_intervals(m.anomaly_metrics, labels[rows], scores[rows], weights[rows] / 2, n_boot=400,
                                    seed=4)  # the rows drawn apart: about 1/sqrt(2) of the width
     assert narrow["auc"][1] - narrow["auc"][0] < 0.85 * (wide["auc"][1] - wide["auc"][0])
+
+
+def test_the_weighted_roc_is_sklearns(rng):
+    """weighted_roc (sorted once, for the bootstrap) traces sklearn's roc_curve through tied scores: the same
+    AUC and the same signal efficiency at every background efficiency."""
+    from sklearn.metrics import roc_curve
+
+    labels = rng.integers(0, 2, 3000)
+    scores = np.round(rng.normal(labels * 0.7, 1.0), 1)  # many ties
+    weights = rng.exponential(1.0, 3000)
+    fpr, tpr = m.weighted_roc(labels, scores, weights)
+    reference_fpr, reference_tpr, _ = roc_curve(labels, scores, sample_weight=weights)
+    grid = np.linspace(0, 1, 201)
+    np.testing.assert_allclose(np.interp(grid, fpr, tpr), np.interp(grid, reference_fpr, reference_tpr), atol=1e-12)
+    assert m.anomaly_metrics(labels, scores, weights)["auc"] == pytest.approx(
+        roc_auc_score(labels, scores, sample_weight=weights), rel=1e-12)
+    order = np.argsort(-scores, kind="stable")
+    presorted = m.anomaly_metrics(labels, scores, weights, order=order)
+    plain = m.anomaly_metrics(labels, scores, weights)
+    np.testing.assert_array_equal(list(presorted.values()), list(plain.values()))  # NaN where unresolved, both
