@@ -10,7 +10,7 @@ JOBS ?= 2
 MC := $(PY) -m lit_vae.mc
 N = $$(( $(1) * $(SCALE) ))
 
-.PHONY: install test test-fast samples lint clean bench bench-sweeps demo
+.PHONY: install test test-gpu test-fast samples lint clean bench bench-sweeps demo
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(PY) -m pytest
+
+# On a machine with a CUDA device: fit, predict and decode on the GPU against the CPU (skipped without one).
+test-gpu: install
+	$(PY) -m pytest -m gpu tests/test_gpu.py
 
 # Everything but the tests marked slow.
 test-fast: install

@@ -1,5 +1,6 @@
-"""The `lit-vae` command: LightningCLI with fit, validate, test, predict and generate; `evaluate` and
-`sweep` go to their own parsers (lit_vae.evaluation.command, lit_vae.sweep.command).
+"""LightningCLI with fit, validate, test, predict and generate: the Lightning half of the `lit-vae` command,
+whose entry point (lit_vae.command.main, re-exported here) handles --help, `evaluate` and `sweep` without
+importing Lightning.
 
 `configs/base.yaml` (trainer, loggers, callbacks, default model and data) is read first; a model config
 adds what differs: `lit-vae fit --config configs/zgamma/vae.yaml`. The DataModule's feature count, kinds
@@ -8,9 +9,6 @@ and names are linked into the model, and seed_everything into the DataModule's s
 
 from __future__ import annotations
 
-import netrc
-import os
-import signal
 import sys
 import time
 import warnings
@@ -22,10 +20,10 @@ import torch
 from jsonargparse import ArgumentError
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tqdm import tqdm
 
 from lit_vae.callbacks import Preemption, ScoreWriter
+from lit_vae.command import confine_wandb, main, wandb_logged_in  # noqa: F401 (re-exported)
 from lit_vae.data.datamodule import EventDataModule
 from lit_vae.data.io import EventWriter, check_writable
 from lit_vae.errors import ConfigError, LitVAEError
@@ -114,8 +112,10 @@ class LitVAETrainer(L.Trainer):
         return model
 
     def generate(self, model=None, datamodule=None, ckpt_path: str | None = None, n_events: int = 100_000,
-                 output: str = "generated.parquet", seed: int = 0, batch_size: int = 100_000) -> Path:
-        """Generate events in physical units from a trained model and write them (.parquet or .root)."""
+                 output: str = "generated.parquet", seed: int = 0, batch_size: int = 100_000,
+                 compression: str = "zstd") -> Path:
+        """Generate events in physical units from a trained model and write them (.parquet or .root; compression
+        zstd, lz4, snappy (parquet), gzip or none); a writer thread writes one batch while the next is sampled."""
         if not ckpt_path:
             raise ConfigError("generate needs --ckpt_path CKPT, a checkpoint written by `lit-vae fit`")
         if n_events < 1 or batch_size < 1:
@@ -129,8 +129,8 @@ class LitVAETrainer(L.Trainer):
         tally = Tally()
         start = time.perf_counter()
         weight = np.float32(physics.cross_section_pb / n_events) if physics.cross_section_pb else np.float32(1.0)
-        with EventWriter(output, metadata) as writer, tqdm(total=n_events, unit="evt", desc="generating",
-                                                          file=sys.stderr) as bar:
+        bar = tqdm(total=n_events, unit="evt", desc="generating", file=sys.stderr)
+        with EventWriter(output, metadata, compression, background=True) as writer, bar:
             for columns in generate_columns(model, n_events, batch_size, seed, device, tally):
                 writer.append({**columns, "weight": np.full(len(next(iter(columns.values()))), weight)})
                 bar.update(len(columns[physics.outputs[0]]))
@@ -144,29 +144,6 @@ class LitVAETrainer(L.Trainer):
               f"the declared bounds (acceptance {tally.acceptance:.4f}) in {seconds:.1f} s "
               f"({n_events / seconds:.3g} events/s) -> {output}", file=sys.stderr)
         return Path(output)
-
-
-def wandb_logged_in() -> bool:
-    """Whether the user has an online W&B account configured (API key in the environment or netrc)."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
-
-
-def confine_wandb(run_root: str = "runs") -> None:
-    """Keep every W&B file under run_root (nothing in the home directory); offline without a login."""
-    root = Path(run_root).resolve()
-    for variable, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", ".wandb/cache"), ("WANDB_DATA_DIR", ".wandb/data"),
-                          ("WANDB_CONFIG_DIR", ".wandb/config")):
-        path = Path(os.environ.setdefault(variable, str(root / sub)))
-        path.mkdir(parents=True, exist_ok=True)
-    if "WANDB_MODE" not in os.environ and not wandb_logged_in():
-        os.environ["WANDB_MODE"] = "offline"
-    os.environ.setdefault("WANDB_SILENT", "true")
-    os.environ.setdefault("WANDB_CONSOLE", "off")  # capturing the progress bar cost ~0.5 ms per refresh
 
 
 class LitVAECLI(LightningCLI):
@@ -222,56 +199,6 @@ def build_cli(args: list[str] | None = None, run: bool = True, exit_on_error: bo
             )
     except ArgumentError as err:  # only reached with exit_on_error=False
         raise ConfigError(f"bad argument: {str(err).splitlines()[0]}") from None
-
-
-HELP = """usage: lit-vae COMMAND [options]
-
-lit-vae: variational autoencoders for LHC collision events, on PyTorch Lightning.
-
-commands:
-  fit        train a model             lit-vae fit --config configs/zgamma/vae.yaml
-  validate   validation metrics of a checkpoint's held-out events (--ckpt_path CKPT)
-  test       background and signal losses of a checkpoint (--ckpt_path CKPT)
-  predict    anomaly scores, one row per event: --ckpt_path CKPT --output scores.parquet
-  generate   events from a generator: --ckpt_path CKPT --n_events N --output gen.parquet
-  evaluate   generation | anomaly | summary: metrics.json, figures and report.html
-  sweep      hyper-parameter sweeps from one file: locally, on a cluster or with W&B agents
-
-`lit-vae COMMAND --help` lists a command's options; --debug shows tracebacks of lit-vae's errors."""
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `lit-vae`."""
-    confine_wandb()
-    words = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in words or os.environ.get("LIT_VAE_DEBUG") == "1"  # tracebacks for lit-vae's own errors
-    words = [w for w in words if w != "--debug"]
-    if not words or words[0] in ("-h", "--help"):
-        print(HELP, file=sys.stdout if words else sys.stderr)
-        return 0 if words else 2
-    try:
-        if words[:1] == ["evaluate"]:
-            from lit_vae.evaluation.command import run as evaluate
-
-            evaluate(words[1:])
-        elif words[:1] == ["sweep"]:
-            from lit_vae.sweep.command import run as sweep
-
-            sweep(words[1:])
-        else:
-            build_cli(words)
-    except LitVAEError as err:
-        if debug:
-            raise
-        print(f"lit-vae: error: {err} (--debug or LIT_VAE_DEBUG=1 shows the traceback)", file=sys.stderr)
-        return 2
-    except SIGTERMException:  # the Preemption callback saved a checkpoint and said where
-        return 128 + signal.SIGTERM
-    finally:  # one W&B run per command, also when called in-process (tests, sweeps)
-        wandb = sys.modules.get("wandb")
-        if wandb is not None and wandb.run is not None:
-            wandb.finish()
-    return 0
 
 
 if __name__ == "__main__":

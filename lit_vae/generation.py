@@ -63,6 +63,16 @@ def generate_columns(model, n_events: int, batch_size: int, seed: int, device: s
                    for name in physics.outputs if name in columns}
 
 
+def generate_events(checkpoint: str, n: int, batch_size: int = 100_000, device: str = "cpu",
+                    seed: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """Events from a checkpoint in physical units, batch by batch, without a file (for analyses that use
+    them in memory): the same events as `lit-vae generate --ckpt_path checkpoint --seed seed` on that device."""
+    from lit_vae.models.base import load_model
+
+    model = load_model(checkpoint, map_location=device).eval()
+    yield from generate_columns(model, n, batch_size, seed, torch.device(device))
+
+
 def _next_size(missing: int, batch_size: int, tally: Tally) -> int:
     """Events to sample next: enough for the missing ones at the acceptance seen so far (+10 %, at least
     1,024), at most batch_size, so that a small request does not sample (and hold) a whole batch."""

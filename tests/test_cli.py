@@ -235,6 +235,11 @@ def test_generate_writes_physical_events(trained, tmp_path):
     main(["generate", *data_args(trained["manifest"]), "--ckpt_path", str(trained["ckpt"]),
           "--n_events", "3000", "--batch_size", "1000", "--seed", "5", "--output", str(again)])
     pd.testing.assert_frame_equal(events, pd.read_parquet(again))  # the seed fixes the sample
+    import lit_vae
+
+    in_memory = pd.concat([pd.DataFrame(b) for b in lit_vae.generate_events(str(trained["ckpt"]), 3000, 1000,
+                                                                             "cpu", seed=5)], ignore_index=True)
+    pd.testing.assert_frame_equal(in_memory, events.drop(columns="weight"))  # the Python API, no file
 
 
 def run_cli(*args: str, cwd) -> subprocess.CompletedProcess:

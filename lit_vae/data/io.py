@@ -10,7 +10,9 @@ import contextlib
 import hashlib
 import json
 import os
+import queue
 import sys
+import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -302,51 +304,97 @@ def _drop_non_finite(frame, features: list[str], policy: str, where: str):
 
 # --- Streaming writer for outputs (scores, generated events) -------------------------------------------
 
+COMPRESSIONS = ("zstd", "lz4", "snappy", "gzip", "none")  # snappy is parquet's only; gzip is ROOT's ZLIB
+
+
 class EventWriter:
     """Append column batches to a .parquet file or a ROOT `events` tree, atomically.
 
     Use as a context manager: the file appears under its name only when the block ends without error.
     The metadata is written when the block ends, so it may be completed while writing (`metadata.update`).
+    With background=True, a thread compresses and writes while the caller produces the next batch (at most
+    two batches wait); an error in the thread surfaces at the next append or at the end.
     """
 
-    def __init__(self, path: str | os.PathLike, metadata: Mapping):
+    def __init__(self, path: str | os.PathLike, metadata: Mapping, compression: str = "zstd",
+                 background: bool = False):
         self.path = Path(path)
         if self.path.suffix not in (".parquet", ".root"):
             raise OutputError(f"{self.path}: the output must end in .parquet or .root")
-        self.metadata = dict(metadata)
+        if compression not in COMPRESSIONS or (compression == "snappy" and self.path.suffix == ".root"):
+            known = [c for c in COMPRESSIONS if self.path.suffix == ".parquet" or c != "snappy"]
+            raise OutputError(f"{self.path}: compression '{compression}' is not one of {', '.join(known)}")
+        self.metadata, self.compression, self.background = dict(metadata), compression, background
         self._atomic = atomic_path(self.path)
         self._writer = None
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def __enter__(self) -> EventWriter:
         self._tmp = self._atomic.__enter__()
+        if self.background:
+            self._queue = queue.Queue(maxsize=2)
+            self._thread = threading.Thread(target=self._drain, name="lit-vae-writer", daemon=True)
+            self._thread.start()
         return self
 
     def append(self, columns: Mapping[str, np.ndarray]) -> None:
         _check_columns(columns)
+        if self._queue is None:
+            self._write(columns)
+            return
+        if self._error is not None:
+            raise self._error
+        self._queue.put(dict(columns))
+
+    def _drain(self) -> None:
+        while (columns := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._write(columns)
+                except BaseException as err:  # reported to the producer
+                    self._error = err
+
+    def _write(self, columns: Mapping[str, np.ndarray]) -> None:
         if self.path.suffix == ".parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
 
             table = pa.table({name: np.asarray(values) for name, values in columns.items()})
             if self._writer is None:
-                self._writer = pq.ParquetWriter(self._tmp, table.schema, compression="zstd", use_dictionary=False)
+                codec = None if self.compression == "none" else self.compression
+                self._writer = pq.ParquetWriter(self._tmp, table.schema, compression=codec, use_dictionary=False)
             self._writer.write_table(table.cast(self._writer.schema))
         else:
             import uproot
 
             if self._writer is None:
-                self._writer = uproot.recreate(self._tmp, compression=uproot.ZSTD(5))
+                codec = {"zstd": uproot.ZSTD(5), "lz4": uproot.LZ4(1), "gzip": uproot.ZLIB(4), "none": None}
+                self._writer = uproot.recreate(self._tmp, compression=codec[self.compression])
                 self._writer.mktree(TREE, {name: np.asarray(v).dtype for name, v in columns.items()})
             self._writer[TREE].extend({name: np.ascontiguousarray(v) for name, v in columns.items()})
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        own = None  # an error found here, not raised by the block: raised after the clean-up
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            if self._error is not None and exc_type is None:  # the block ended well, the writing did not
+                own = self._error
         if self._writer is not None:
-            text = json.dumps(self.metadata, sort_keys=True, default=_json_default)
-            if self.path.suffix == ".parquet":
-                self._writer.add_key_value_metadata({"lit_vae": text})
-            else:
-                self._writer[METADATA_KEY] = text
+            if exc_type is None and own is None:
+                text = json.dumps(self.metadata, sort_keys=True, default=_json_default)
+                if self.path.suffix == ".parquet":
+                    self._writer.add_key_value_metadata({"lit_vae": text})
+                else:
+                    self._writer[METADATA_KEY] = text
             self._writer.close()
-        elif exc_type is None:  # nothing was appended: an error, and no file
-            exc_type, exc = DataError, DataError(f"{self.path}: no events to write")
-        return self._atomic.__exit__(exc_type, exc, tb)
+        elif exc_type is None and own is None:  # nothing was appended: an error, and no file
+            own = DataError(f"{self.path}: no events to write")
+        if own is not None:
+            exc_type, exc = type(own), own
+        handled = self._atomic.__exit__(exc_type, exc, tb)  # renames, or removes the temporary file
+        if own is not None:
+            raise own
+        return handled

@@ -303,11 +303,11 @@ class BaseVAE(L.LightningModule):
     def log_importance_weights(self, batch: dict, mu: torch.Tensor, log_sigma: torch.Tensor,
                                k: int) -> torch.Tensor:
         """log p(x|z_k) + log p(z_k) - log q(z_k|x) for k posterior draws per event, shape (k, events); their
-        mean is an ELBO estimate. The noise comes from a generator seeded with IWAE_SEED: the same events give
+        mean is an ELBO estimate. The noise comes from a CPU generator seeded with IWAE_SEED: the same events give
         the same numbers."""
         n = len(mu)
-        generator = torch.Generator(device=mu.device).manual_seed(IWAE_SEED)
-        eps = torch.randn(k, *mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        generator = torch.Generator().manual_seed(IWAE_SEED)  # drawn on the CPU: the same score on every device
+        eps = torch.randn(k, *mu.shape, generator=generator, dtype=mu.dtype).to(mu.device)
         z = (mu + torch.exp(log_sigma) * eps).reshape(k * n, -1)
         tiled = {key: v.repeat(k, *[1] * (v.dim() - 1)) for key, v in batch.items() if key in ("x", "target")}
         log_px = -self.decoder.terms(z, tiled, self.transform)["nll"].reshape(k, n)

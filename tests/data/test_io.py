@@ -86,3 +86,33 @@ def test_clear_errors(tmp_path):
         with uproot.recreate(tmp_path / "plain.root") as f:
             f["events"] = {"a": np.zeros(3)}
         read_root_metadata(tmp_path / "plain.root")
+
+
+@pytest.mark.parametrize("suffix, compression", [(".parquet", "zstd"), (".parquet", "snappy"), (".parquet", "none"),
+                                                 (".root", "lz4"), (".root", "gzip"), (".root", "none")])
+def test_a_background_writer_writes_what_a_plain_one_does(tmp_path, suffix, compression):
+    """The writer thread (generate overlaps sampling and writing) gives the same table, in every compression."""
+    batches = [{k: v[i::3] for k, v in columns().items()} for i in range(3)]
+    files = []
+    for background in (False, True):
+        with EventWriter(tmp_path / f"{background}{suffix}", {"n": 3}, compression, background=background) as w:
+            for batch in batches:
+                w.append(batch)
+        files.append(read_events(tmp_path / f"{background}{suffix}"))
+    for name in columns():
+        np.testing.assert_array_equal(files[0][0][name], files[1][0][name])
+    assert files[0][1] == files[1][1] == {"n": 3}
+
+
+def test_a_failure_in_the_writer_thread_surfaces_and_leaves_no_file(tmp_path):
+    target = tmp_path / "events.root"
+    with pytest.raises(TypeError, match="dtype object"):
+        with EventWriter(target, {}, background=True) as writer:
+            writer.append({**columns(), "label": np.array(["a"] * 1000, dtype=object)})  # uproot refuses objects
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(OutputError, match="compression 'brotli' is not one of zstd, lz4, gzip, none"):
+        EventWriter(target, {}, "brotli")
+    with pytest.raises(DataError, match="no events to write"):
+        with EventWriter(tmp_path / "empty.parquet", {}):
+            pass
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,75 @@
+"""On a CUDA device (`make test-gpu`; skipped without one): every model fits, its data stay on the device, and
+the checkpoint scores and decodes fixed inputs as it does on the CPU (to float tolerance; training itself
+differs between devices because their random streams do). The overlay configs/gpu.yaml is checked here too,
+on any machine."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from lit_vae.cli import main
+from lit_vae.data.datamodule import EventBatches
+from lit_vae.models import load_model
+
+from .paths import REPO
+from .test_cli import data_args
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+MODELS = [("zgamma/vae.yaml", []), ("zgamma/vae_d.yaml", ["--model.init_args.n_nodes", "16"]),
+          ("wh1lbb/preselection.yaml", [])]
+
+
+@pytest.mark.parametrize("config, extra", MODELS)
+@pytest.mark.gpu
+@needs_cuda
+def test_a_model_fitted_on_cuda_predicts_and_decodes_as_on_the_cpu(wh1lbb_manifest, tmp_path, monkeypatch, config,
+                                                                   extra):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    fit = ["fit", "--config", str(REPO / "configs" / config), *data_args(wh1lbb_manifest), *extra,
+           "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false"]
+    assert main([*fit, "--trainer.accelerator", "gpu", "--data.init_args.device_resident", "true"]) == 0
+    ckpt = next((tmp_path / "runs").rglob("last.ckpt"))
+    scores = {}
+    for accelerator in ("cpu", "gpu"):
+        out = tmp_path / f"scores_{accelerator}.parquet"
+        assert main(["predict", "--config", str(REPO / "configs" / config), *data_args(wh1lbb_manifest), *extra,
+                     "--ckpt_path", str(ckpt), "--trainer.accelerator", accelerator, "--output", str(out)]) == 0
+        scores[accelerator] = pd.read_parquet(out)
+    numbers = [c for c in scores["cpu"] if scores["cpu"][c].dtype.kind == "f"]
+    pd.testing.assert_frame_equal(scores["gpu"][numbers], scores["cpu"][numbers], rtol=1e-4, atol=1e-4)
+
+    model = load_model(str(ckpt)).eval()
+    z = torch.randn(4096, model.latent_dim, generator=torch.Generator().manual_seed(0))  # fixed noise, on the CPU
+    with torch.no_grad():  # the decoder's outputs (features, or the heads' parameters) from the same noise
+        on_cpu = model.decoder(z)
+        on_gpu = model.cuda().decoder(z.cuda()).cpu()
+    torch.testing.assert_close(on_gpu, on_cpu, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_device_resident_batches_are_sliced_on_the_device(wh1lbb_manifest):
+    from lit_vae.data import EventDataModule
+
+    dm = EventDataModule(str(wh1lbb_manifest), "preselection", batch_size=16, cache_dir=None, min_events=0,
+                         device_resident=True)
+    dm.setup("fit")
+    on_gpu = list(EventBatches(dm.on_device("train", torch.device("cuda")), 16, shuffle=True, seed=3))
+    on_cpu = list(EventBatches(dm.on_device("train", torch.device("cpu")), 16, shuffle=True, seed=3))
+    assert all(b["x"].device.type == "cuda" for b in on_gpu) and on_cpu[0]["x"].device.type == "cpu"
+    for a, b in zip(on_gpu, on_cpu, strict=True):  # the same batches, in the same order
+        torch.testing.assert_close(a["x"].cpu(), b["x"])
+
+
+@pytest.mark.parametrize("config", ["zgamma/vae.yaml", "zgamma/vae_d.yaml", "wh1lbb/preselection.yaml"])
+def test_the_gpu_overlay_composes_with_every_model_config(config):
+    from lit_vae.cli import build_cli
+
+    cli = build_cli(["--config", str(REPO / "configs" / config), "--config", str(REPO / "configs" / "gpu.yaml"),
+                     "--trainer.accelerator", "cpu"], run=False)
+    assert cli.datamodule.batch_size == 8192 and cli.datamodule.device_resident is True
+    assert cli.model.learning_rate == pytest.approx(0.0057)
