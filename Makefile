@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev,mc,sweep]"
+	$(PY) -m pip install --quiet -e ".[dev,mc,sweep,export]"
 	touch $(STAMP)
 
 test: install

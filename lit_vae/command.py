@@ -47,6 +47,7 @@ commands:
   generate   events from a generator: --ckpt_path CKPT --n_events N --output gen.parquet
   evaluate   generation | anomaly | summary: metrics.json, figures and report.html
   sweep      hyper-parameter sweeps from one file: locally, on a cluster or with W&B agents
+  export     ONNX graphs of the score and the generator, verified: --ckpt_path CKPT --output DIR
 
 `lit-vae COMMAND --help` lists a command's options; --debug shows tracebacks of lit-vae's errors."""
 
@@ -65,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
             from lit_vae.evaluation.command import run as evaluate
 
             evaluate(words[1:])
+        elif words[:1] == ["export"]:
+            from lit_vae.export import run as export
+
+            export(words[1:])
         elif words[:1] == ["sweep"]:
             from lit_vae.sweep.command import run as sweep
 

@@ -121,7 +121,7 @@ def test_predict_scores_the_checkpoints_held_out_part_whatever_the_run_says(trai
 def test_help_lists_every_command(capsys):
     assert main(["--help"]) == 0
     shown = capsys.readouterr().out
-    for command in ("fit", "validate", "test", "predict", "generate", "evaluate", "sweep"):
+    for command in ("fit", "validate", "test", "predict", "generate", "evaluate", "sweep", "export"):
         assert f"\n  {command} " in shown, command
     assert main([]) == 2 and "usage: lit-vae COMMAND" in capsys.readouterr().err
 

@@ -15,15 +15,16 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import torch
 
 from lit_vae.data.manifest import Manifest
 from lit_vae.data.selection import evaluate, evaluate_cut, expression_names, parse_cut, to_python_syntax
 from lit_vae.errors import ConfigError
 
 
-def wrap_angle(x: np.ndarray) -> np.ndarray:
-    """Angles wrapped into [-pi, pi)."""
-    return np.mod(np.asarray(x) + math.pi, 2 * math.pi) - math.pi
+def wrap_angle(x):
+    """Angles wrapped into [-pi, pi) (numpy arrays or torch tensors: % is the floored modulo of both)."""
+    return (x + math.pi) % (2 * math.pi) - math.pi
 
 
 def split_clauses(cut: str | None, objects: dict) -> list[str]:
@@ -105,13 +106,15 @@ class Physics:
             out[name] = wrap_angle(out[name] - columns[self.azimuth])
         return out
 
-    def complete(self, modelled: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """Modelled columns -> every output column: the reference angle drawn uniformly and added back, angles
-        wrapped, then each derived feature computed exactly (those whose inputs exist)."""
-        columns = {n: np.asarray(v, dtype=np.float64) for n, v in modelled.items()}
-        n = len(next(iter(columns.values())))
+    def complete(self, modelled: dict, rng: np.random.Generator | None = None, reference=None) -> dict:
+        """Modelled columns -> every output column: the reference angle (drawn uniformly from rng, or given)
+        added back, angles wrapped, then each derived feature computed exactly (those whose inputs exist).
+        Numpy arrays or torch tensors (float64 either way: the exported generator runs this too)."""
+        columns = {n: v.double() if isinstance(v, torch.Tensor) else np.asarray(v, dtype=np.float64)
+                   for n, v in modelled.items()}
         if self.azimuth:
-            columns[self.azimuth] = rng.uniform(-math.pi, math.pi, n)
+            columns[self.azimuth] = reference if reference is not None else \
+                rng.uniform(-math.pi, math.pi, len(next(iter(columns.values()))))
             for name in self.relative_angles:
                 columns[name] = columns[name] + columns[self.azimuth]
         for name, kind in self.kinds.items():
@@ -119,20 +122,30 @@ class Physics:
                 columns[name] = wrap_angle(columns[name])
         for name, expression in self.derived.items():
             if expression_names(expression, self.objects) <= set(columns):
-                columns[name] = np.asarray(evaluate(expression, columns, self.objects), dtype=np.float64)
+                value = evaluate(expression, columns, self.objects)
+                columns[name] = value if isinstance(value, torch.Tensor) else np.asarray(value, dtype=np.float64)
         return columns
 
-    def bound_masks(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Per declared bound (a preselection clause, and the region's cut) whether each event obeys it;
-        clauses that read columns the file does not have are left out."""
+    def checks(self, columns: dict) -> dict[str, str]:
+        """Every declared bound (a preselection clause, and the region's cut) that reads only these columns."""
         checks = {**{c: c for c in self.bounds}, "region: " + self.region_cut: self.region_cut}
-        return {label: evaluate_cut(cut, columns, self.objects) for label, cut in checks.items()
+        return {label: cut for label, cut in checks.items()
                 if cut and expression_names(cut, self.objects) <= set(columns)}
 
-    def passes(self, columns: dict[str, np.ndarray]) -> np.ndarray:
-        """Events that obey every declared bound and the region's cut."""
-        n = len(next(iter(columns.values())))
-        return np.logical_and.reduce([np.ones(n, dtype=bool), *self.bound_masks(columns).values()])
+    def bound_masks(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Per declared bound whether each event obeys it."""
+        return {label: evaluate_cut(cut, columns, self.objects) for label, cut in self.checks(columns).items()}
+
+    def passes(self, columns: dict):
+        """Events that obey every declared bound and the region's cut (numpy, or torch tensors: then a bool
+        tensor, as the exported generator computes it)."""
+        first = next(iter(columns.values()))
+        if not isinstance(first, torch.Tensor):
+            return np.logical_and.reduce([np.ones(len(first), dtype=bool), *self.bound_masks(columns).values()])
+        accepted = torch.ones_like(first, dtype=torch.bool)
+        for cut in self.checks(columns).values():
+            accepted = accepted & evaluate(cut, columns, self.objects).to(torch.bool)
+        return accepted
 
     def consistency(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """For every derived feature present in columns: its value recomputed from the others, relative to

@@ -178,6 +178,34 @@ class _Backend:
     def remainder(self, a, b):
         return torch.remainder(*self._pair(a, b)) if self.torch else np.mod(a, b)
 
+    # sinh, cosh and asinh through exp, log and sqrt for torch: the same values, and ONNX Runtime runs them in
+    # float64 (its Sinh, Cosh and Asinh kernels are float32 only), so an exported generator keeps precision
+    def sinh(self, x):
+        if not self.torch:
+            return np.sinh(x)
+        x2 = x * x  # the series below |x| = 1/2, where (e^x - e^-x) / 2 would lose digits to cancellation
+        series = x * (1 + x2 / 6 * (1 + x2 / 20 * (1 + x2 / 42 * (1 + x2 / 72 * (1 + x2 / 110 * (1 + x2 / 156))))))
+        return torch.where(x.abs() < 0.5, series, (torch.exp(x) - torch.exp(-x)) / 2)
+
+    def cosh(self, x):
+        return (torch.exp(x) + torch.exp(-x)) / 2 if self.torch else np.cosh(x)
+
+    @staticmethod
+    def _atan2(y, x):
+        """atan2 with +, *, /, sqrt only (ONNX Runtime has no float64 Atan): the half-angle form
+        2 atan(y / (r + x)), mirrored for x < 0, so that every atan argument lies in [-1, 1]."""
+        r = torch.sqrt(x * x + y * y)
+        right = x >= 0
+        t = torch.where(right, y / torch.where(r + x > 0, r + x, 1.0), y / torch.where(r - x > 0, r - x, 1.0))
+        half = _atan_unit(t)
+        return torch.where(right, 2 * half, torch.where(y >= 0, 1.0, -1.0).to(y.dtype) * math.pi - 2 * half)
+
+    def asinh(self, x):
+        if not self.torch:
+            return np.arcsinh(x)
+        a = x.abs()
+        return torch.sign(x) * _log1p(a + a * a / (1 + torch.sqrt(1 + a * a)))
+
     def call(self, name: str, *args):
         xp = self.xp
         if name == "delta_phi":
@@ -189,18 +217,33 @@ class _Backend:
             return torch.where(torch.as_tensor(cond) != 0, *self._pair(a, b))
         if name in ("min", "max", "atan2"):
             fn = {"min": (torch.minimum, np.minimum), "max": (torch.maximum, np.maximum),
-                  "atan2": (torch.atan2, np.arctan2)}[name]
+                  "atan2": (self._atan2, np.arctan2)}[name]
             return fn[0](*self._pair(*args)) if self.torch else fn[1](*args)
         (x,) = args
         x = self.const(x, x)
-        return getattr(xp, name)(x)
+        return getattr(self, name)(x) if name in ("sinh", "cosh") else getattr(xp, name)(x)
+
+
+def _log1p(u: torch.Tensor) -> torch.Tensor:
+    """log(1 + u) to full precision for small u with log alone (ONNX has no Log1p): Goldberg's correction
+    log(w) * u / (w - 1), w = 1 + u rounded."""
+    w = 1 + u
+    return torch.where(w == 1, u, torch.log(w) * u / torch.where(w == 1, 1.0, w - 1))
+
+
+def _atan_unit(t: torch.Tensor) -> torch.Tensor:
+    """atan(t) for |t| <= 1 to float64 precision: three half-angle reductions (|t| <= 0.1), then the series."""
+    for _ in range(3):
+        t = t / (1 + torch.sqrt(1 + t * t))
+    t2 = t * t
+    return 8 * t * (1 + t2 * (-1 / 3 + t2 * (1 / 5 + t2 * (-1 / 7 + t2 * (1 / 9 + t2 * (-1 / 11 + t2 / 13))))))
 
 
 def _four_vector(backend: _Backend, fields: dict):
     """(E, px, py, pz) of an object from pt, eta, phi and mass."""
     xp, (pt, eta, phi, mass) = backend.xp, (fields[f] for f in OBJECT_FIELDS)
-    pz = pt * xp.sinh(eta)
-    e = xp.sqrt((pt * xp.cosh(eta)) ** 2 + mass ** 2)
+    pz = pt * backend.sinh(eta)
+    e = xp.sqrt((pt * backend.cosh(eta)) ** 2 + mass ** 2)
     return e, pt * xp.cos(phi), pt * xp.sin(phi), pz
 
 
@@ -218,7 +261,7 @@ def _kinematics(backend: _Backend, name: str, objects: list[dict]):
     if name == "phi":
         return backend.call("atan2", py, px)
     if name == "eta":
-        return xp.arcsinh(pz / pt) if not backend.torch else torch.asinh(pz / pt)
+        return backend.asinh(pz / pt)
     m2 = e ** 2 - px ** 2 - py ** 2 - pz ** 2
     return torch.sqrt(torch.clamp(m2, min=0.0)) if backend.torch else np.sqrt(np.maximum(m2, 0.0))
 

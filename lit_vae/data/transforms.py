@@ -67,12 +67,10 @@ class FeatureTransform(nn.Module):
         return transform
 
     def _stage(self, x: torch.Tensor) -> torch.Tensor:
-        """The kind-specific map before standardisation."""
-        out = x.to(torch.float64).clone()
-        positive, angle = self._is("positive"), self._is("angle")
-        out[:, positive] = torch.log1p(out[:, positive].clamp(min=0) / self.log_scale[positive])
-        out[:, angle] = out[:, angle] / math.pi
-        return out
+        """The kind-specific map before standardisation (elementwise selections: exportable to ONNX)."""
+        out = x.to(torch.float64)
+        out = torch.where(self._is("positive"), torch.log1p(out.clamp(min=0) / self.log_scale), out)
+        return torch.where(self._is("angle"), out / math.pi, out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Physical values (events, features) -> network inputs (float32)."""

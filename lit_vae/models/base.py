@@ -12,7 +12,6 @@ generators add val/w1_mean (mean 1-D Wasserstein-1 of generated vs validation ev
 from __future__ import annotations
 
 import inspect
-import math
 import pickle
 from pathlib import Path
 from typing import Literal
@@ -285,29 +284,33 @@ class BaseVAE(L.LightningModule):
         """Per-event anomaly scores, each larger for more anomalous events, deterministic: total (the loss at
         the posterior mean) and its parts (recon, kl); the latent radius |mu| and its length in the prior's
         standard space (latent_mahalanobis); -log p(mu) under the prior (prior_nll); and, for density
-        decoders, -log p(x) from iwae_samples importance samples (iwae, unit feature weights)."""
+        decoders, -log p(x) from iwae_samples importance samples (iwae, unit feature weights; the noise is
+        batch["iwae_noise"] (K, events, latent) when given, as in the exported graph)."""
         parts = self.losses(batch, deterministic=True)
         _, mu, log_sigma = self.encode(batch["x"], deterministic=True)
         out = {"total": parts["loss"], **{k: v for k, v in parts.items() if k not in ("loss", "elbo")},
                "latent_radius": mu.norm(dim=-1), "latent_mahalanobis": self.prior.standardise(mu).norm(dim=-1),
                "prior_nll": -self.prior.log_prob(mu)}
         if self.iwae_samples and self.decoder.is_density:
-            out["iwae"] = self.iwae_nll(batch, mu, log_sigma, self.iwae_samples)
+            out["iwae"] = self.iwae_nll(batch, mu, log_sigma, self.iwae_samples, batch.get("iwae_noise"))
         return out
 
-    def iwae_nll(self, batch: dict, mu: torch.Tensor, log_sigma: torch.Tensor, k: int) -> torch.Tensor:
+    def iwae_nll(self, batch: dict, mu: torch.Tensor, log_sigma: torch.Tensor, k: int,
+                 eps: torch.Tensor | None = None) -> torch.Tensor:
         """-log p(x) ~ -log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x) (Burda et al.'s importance-
         weighted estimate; an upper bound on -log p(x) that tightens with K)."""
-        return -(torch.logsumexp(self.log_importance_weights(batch, mu, log_sigma, k), dim=0) - math.log(k))
+        log_w = self.log_importance_weights(batch, mu, log_sigma, k, eps)
+        return -(torch.logsumexp(log_w, dim=0) - torch.log(torch.ones_like(log_w).sum(dim=0)))  # / K, any K
 
-    def log_importance_weights(self, batch: dict, mu: torch.Tensor, log_sigma: torch.Tensor,
-                               k: int) -> torch.Tensor:
+    def log_importance_weights(self, batch: dict, mu: torch.Tensor, log_sigma: torch.Tensor, k: int,
+                               eps: torch.Tensor | None = None) -> torch.Tensor:
         """log p(x|z_k) + log p(z_k) - log q(z_k|x) for k posterior draws per event, shape (k, events); their
-        mean is an ELBO estimate. The noise comes from a CPU generator seeded with IWAE_SEED: the same events give
-        the same numbers."""
-        n = len(mu)
-        generator = torch.Generator().manual_seed(IWAE_SEED)  # drawn on the CPU: the same score on every device
-        eps = torch.randn(k, *mu.shape, generator=generator, dtype=mu.dtype).to(mu.device)
+        mean is an ELBO estimate. The standard-normal noise eps (k, events, latent) defaults to a CPU
+        generator seeded with IWAE_SEED: the same events give the same numbers on every device."""
+        if eps is None:
+            eps = torch.randn(k, *mu.shape, generator=torch.Generator().manual_seed(IWAE_SEED), dtype=mu.dtype)
+        eps = eps.to(mu.device)
+        k, n = eps.shape[0], mu.shape[0]
         z = (mu + torch.exp(log_sigma) * eps).reshape(k * n, -1)
         tiled = {key: v.repeat(k, *[1] * (v.dim() - 1)) for key, v in batch.items() if key in ("x", "target")}
         log_px = -self.decoder.terms(z, tiled, self.transform)["nll"].reshape(k, n)

@@ -15,6 +15,8 @@ from torch import nn
 from torch.nn import functional as F
 
 LOG_2PI = math.log(2 * math.pi)
+LOG_2 = math.log(2.0)
+SQRT_HALF = math.sqrt(0.5)
 SIGMA_MIN = 1e-3
 CLIP_THRESHOLD = 1e-4  # the clipped log-normal puts a point mass on x below this (the thesis's 10^-4)
 
@@ -22,6 +24,50 @@ CLIP_THRESHOLD = 1e-4  # the clipped log-normal puts a point mass on x below thi
 def positive(raw: torch.Tensor, minimum: float = SIGMA_MIN) -> torch.Tensor:
     """A shifted softplus: smooth, strictly above minimum."""
     return F.softplus(raw) + minimum
+
+
+# --- Special functions written with +, *, /, exp and log only: stable in the tails and exportable to ONNX
+# (which has no log_ndtr, i0e or lgamma), so that a C++ analysis scores events as PyTorch does.
+
+def log_erfc(z: torch.Tensor) -> torch.Tensor:
+    """log erfc(z), to a relative error below 1.2e-7 in erfc everywhere and without underflow in the tail:
+    Numerical Recipes' Chebyshev fit (erfcc) in log form for z >= 0, erfc(z) = 2 - erfc(-z) below."""
+    a = z.abs()
+    t = 1 / (1 + 0.5 * a)
+    series = (-1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (
+        0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
+    log_upper = torch.log(t) - a * a + series  # log erfc(|z|)
+    return torch.where(z >= 0, log_upper, torch.log(2 - torch.exp(log_upper)))
+
+
+def log_ndtr(x: torch.Tensor) -> torch.Tensor:
+    """log Phi(x) of the standard normal, from log_erfc: finite for every finite x."""
+    return log_erfc(-x * SQRT_HALF) - LOG_2
+
+
+def log_i0e(kappa: torch.Tensor) -> torch.Tensor:
+    """log(I0(kappa) exp(-kappa)) for kappa >= 0 (relative error below 2e-7): Abramowitz & Stegun 9.8.1 below
+    3.75, 9.8.2 above; stable for any kappa."""
+    t2 = (kappa / 3.75) ** 2
+    small = torch.log(1 + t2 * (3.5156229 + t2 * (3.0899424 + t2 * (1.2067492 + t2 * (0.2659732 + t2 * (
+        0.0360768 + t2 * 0.0045813)))))) - kappa
+    u = 3.75 / torch.clamp(kappa, min=3.75)
+    large = torch.log(0.39894228 + u * (0.01328592 + u * (0.00225319 + u * (-0.00157565 + u * (0.00916281 + u * (
+        -0.02057706 + u * (0.02635537 + u * (-0.01647633 + u * 0.00392377)))))))) - 0.5 * torch.log(
+        torch.clamp(kappa, min=3.75))
+    return torch.where(kappa < 3.75, small, large)
+
+
+LANCZOS = (0.99999999999980993, 676.5203681218851, -1259.1392167224028, 771.32342877765313, -176.61502916214059,
+           12.507343278686905, -0.13857109526572012, 9.9843695780195716e-6, 1.5056327351493116e-7)
+
+
+def lgamma(x: torch.Tensor) -> torch.Tensor:
+    """log Gamma(x) for x >= 1/2 (the Poisson head's lgamma(n + 1)): Lanczos' approximation, g = 7."""
+    z = x - 1
+    series = LANCZOS[0] + sum(c / (z + i) for i, c in enumerate(LANCZOS[1:], start=1))
+    t = z + 7.5
+    return 0.5 * LOG_2PI + (z + 0.5) * torch.log(t) - t + torch.log(series)
 
 
 # --- Densities -----------------------------------------------------------------------------------------
@@ -35,7 +81,7 @@ def clipped_lognormal_log_prob(x, fraction, mu, sigma, threshold: float = CLIP_T
     to x >= threshold (renormalised by its mass above the threshold, so that f integrates to 1)."""
     safe = torch.clamp(x, min=threshold)
     log_x = torch.log(safe)
-    log_above = torch.special.log_ndtr((mu - math.log(threshold)) / sigma)  # log P(LogNormal >= threshold)
+    log_above = log_ndtr((mu - math.log(threshold)) / sigma)  # log P(LogNormal >= threshold)
     continuous = torch.log1p(-fraction) + gaussian_log_prob(log_x, mu, sigma) - log_x - log_above
     return torch.where(x < threshold, torch.log(fraction), continuous)
 
@@ -45,7 +91,7 @@ def _log_interval(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     upper = a > 0
     lo = torch.where(upper, -b, a)
     hi = torch.where(upper, -a, b)
-    log_hi, log_lo = torch.special.log_ndtr(hi), torch.special.log_ndtr(lo)
+    log_hi, log_lo = log_ndtr(hi), log_ndtr(lo)
     return log_hi + torch.log1p(-torch.exp(torch.clamp(log_lo - log_hi, max=-1e-12)))
 
 
@@ -54,7 +100,7 @@ def discrete_gaussian_log_prob(n: torch.Tensor, mu: torch.Tensor, sigma: torch.T
     P(n) = [Phi((n + 1/2 - mu)/sigma) - Phi((n - 1/2 - mu)/sigma)] / [1 - Phi((-1/2 - mu)/sigma)]."""
     a = (n - 0.5 - mu) / sigma
     b = (n + 0.5 - mu) / sigma
-    log_norm = torch.special.log_ndtr((mu + 0.5) / sigma)  # log(1 - Phi((-1/2 - mu)/sigma))
+    log_norm = log_ndtr((mu + 0.5) / sigma)  # log(1 - Phi((-1/2 - mu)/sigma))
     return _log_interval(a, b) - log_norm
 
 
@@ -63,7 +109,7 @@ def bernoulli_log_prob(x, p):
 
 
 def poisson_log_prob(n, rate):
-    return n * torch.log(rate) - rate - torch.lgamma(n + 1)
+    return n * torch.log(rate) - rate - lgamma(n + 1)
 
 
 # --- KL divergences and the learnable prior ------------------------------------------------------------
@@ -102,7 +148,10 @@ class LearnablePrior(nn.Module):
         return kl_diagonal_gaussians(mu, log_sigma, self.mu, self.log_sigma)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        eps = torch.randn(n, self.mu.numel(), generator=generator, device=self.mu.device)
+        return self.from_noise(torch.randn(n, self.mu.numel(), generator=generator, device=self.mu.device))
+
+    def from_noise(self, eps: torch.Tensor) -> torch.Tensor:
+        """Latent vectors from standard-normal noise (the generator's input in ONNX)."""
         return self.mu + torch.exp(self.log_sigma) * eps
 
     def standardise(self, z: torch.Tensor) -> torch.Tensor:
@@ -241,7 +290,7 @@ class VonMisesHead(Head):
     def log_prob(self, x, raw):
         loc, kappa = self.params(raw)
         # log I0(kappa) through the exponentially scaled Bessel function: stable for large kappa
-        return kappa * (torch.cos(x - loc) - 1) - LOG_2PI - torch.log(torch.special.i0e(kappa))
+        return kappa * (torch.cos(x - loc) - 1) - LOG_2PI - log_i0e(kappa)
 
     def sample(self, raw, generator=None):
         """Best & Fisher's (1979) rejection sampler, vectorised, in float64, from the seeded generator."""

@@ -40,7 +40,11 @@ class NormalPrior(nn.Module):
         return z
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return torch.randn(n, self.latent_dim, generator=generator, device=self._device.device)
+        return self.from_noise(torch.randn(n, self.latent_dim, generator=generator, device=self._device.device))
+
+    def from_noise(self, eps: torch.Tensor) -> torch.Tensor:
+        """Latent vectors from standard-normal noise (the generator's input in ONNX)."""
+        return eps
 
 
 class LearnableGaussianPrior(LearnablePrior):
@@ -81,9 +85,10 @@ class FlowPrior(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Base noise from generator pushed through the inverse flow (zuko's own sample() takes no generator)."""
         device = next(self.parameters()).device
-        distribution = self.flow()
-        eps = torch.randn(n, self.latent_dim, generator=generator, device=device)
-        return distribution.transform.inv(eps)
+        return self.from_noise(torch.randn(n, self.latent_dim, generator=generator, device=device))
+
+    def from_noise(self, eps: torch.Tensor) -> torch.Tensor:
+        return self.flow().transform.inv(eps)
 
 
 def build_prior(kind: str, latent_dim: int, kl_form: str = "true") -> nn.Module:

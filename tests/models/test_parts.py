@@ -47,7 +47,8 @@ def test_von_mises_head_against_scipy_and_wrapped_samples():
     loc, kappa = HEADS["von_mises"].params(raw)
     x = torch.tensor([0.1, 3.0, -3.1], dtype=torch.float64)
     expected = stats.vonmises(kappa.numpy(), loc=loc.numpy()).logpdf(x.numpy())
-    np.testing.assert_allclose(HEADS["von_mises"].log_prob(x, raw).numpy(), expected, rtol=1e-9)
+    # log I0 is Abramowitz & Stegun's polynomial (exportable to ONNX): 5e-7 at worst
+    np.testing.assert_allclose(HEADS["von_mises"].log_prob(x, raw).numpy(), expected, rtol=0, atol=1e-6)
     generator = torch.Generator().manual_seed(3)
     many = raw[2:3].expand(20_000, 2)
     samples = HEADS["von_mises"].sample(many, generator).numpy()
