@@ -116,6 +116,7 @@ def scores(tmp_path_factory):
         train = background_train_mask(table, 42, 0.6)
         rows = signal | ~train
         columns = {"event_number": table["event_id"].to_numpy(np.uint64)[rows],
+                   "configuration": table["configuration"].to_numpy(np.int32)[rows],  # truth-tagged W+jets rows
                    "sample": table["sample"].to_numpy(dtype=str)[rows], "label": signal[rows].astype(np.int32),
                    "weight": table["weight"].to_numpy(np.float64)[rows],
                    "score": table["mt"].to_numpy(np.float32)[rows], "kl": table["met"].to_numpy(np.float32)[rows]}
