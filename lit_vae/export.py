@@ -7,9 +7,9 @@ Runtime, ROOT's TMVA SOFIE), checked against PyTorch with onnxruntime before the
 - generator.onnx: `noise` (events, latent; standard normal) and, with relative azimuth, `reference_angle`
   (events; uniform in [-pi, pi)) -> every output column in physical units (counts int32, angles wrapped,
   derived features computed) and `accepted` (the event passes the region's cut and the declared bounds:
-  `lit-vae generate` keeps only those). Decoders that sample inside the network (likelihood heads, flows)
-  draw their noise with PyTorch's generators, which ONNX has no counterpart for: their generator is not
-  exported (model.json says why), their score is.
+  `lit-vae generate` keeps only those). Decoders that sample inside the network (likelihood heads, flow
+  decoders) draw their noise with PyTorch's generators, which ONNX has no counterpart for: their generator is
+  not exported (model.json says why), their score is. Flow priors export in both graphs.
 - model.json: names, kinds and units of the features, input and output names, the model class, manifest
   hash, data split, opset, lit-vae version, and the verification's numbers.
 """
@@ -49,7 +49,7 @@ class ScoreGraph(nn.Module):
         if iwae_noise is not None:
             batch["iwae_noise"] = iwae_noise
         scores = self.model.score(batch)
-        return tuple(scores[name] for name in self.names)
+        return tuple(scores[name].clone() for name in self.names)  # distinct values: `score` is also `total`
 
 
 class GeneratorGraph(nn.Module):
@@ -81,8 +81,6 @@ def generator_problem(model) -> str | None:
         return (f"its decoder ({type(model.decoder).__name__}) samples with PyTorch's random generators inside "
                 "the network (inverse CDFs, rejection, flows), which ONNX cannot take as inputs; export the score, "
                 "or generate with `lit-vae generate` / lit_vae.generate_events")
-    if type(model.prior).__name__ == "FlowPrior":
-        return "its flow prior (zuko's rational-quadratic splines) has no ONNX form here"
     return None
 
 
@@ -199,13 +197,16 @@ def _describe(inputs: dict) -> dict:
 
 def _onnx_export(graph: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
                  shapes: dict, opset: int) -> None:
+    import logging
     import warnings
 
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # torchvision absent
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            program = torch.onnx.export(graph, args, input_names=inputs, output_names=outputs,
-                                        dynamic_shapes=shapes, opset_version=opset, dynamo=True, verbose=False)
+            program = torch.onnx.export(graph, args, input_names=inputs, output_names=outputs,  # optimising:
+                                        dynamic_shapes=shapes, opset_version=opset, dynamo=True, verbose=False,
+                                        optimize=False)  # 4x the export time of a flow, no gain here
         except Exception as err:  # the exporter raises many types
             raise ConfigError(f"{path.name}: PyTorch cannot export this model to ONNX ({type(err).__name__}: "
                               f"{str(err).splitlines()[0][:200]})") from None

@@ -23,7 +23,8 @@ ort = pytest.importorskip("onnxruntime")
 WH1LBB = "wh1lbb"  # the small Wh1Lbb samples (tests/conftest.py); else the shipped Zgamma sample
 MODELS = {
     "VAE": ("zgamma/vae.yaml", WH1LBB, []),
-    "VAE+D": ("zgamma/vae_d.yaml", WH1LBB, ["--model.init_args.n_nodes", "16"]),
+    "VAE+D, flow prior": ("zgamma/vae_d.yaml", WH1LBB, ["--model.init_args.n_nodes", "16",
+                                                         "--model.init_args.prior", "flow"]),  # zuko splines
     # anomaly_score: iwae (noise as an input); a Poisson head (lgamma) beside the discrete Gaussian
     "likelihood VAE": ("wh1lbb/preselection.yaml", WH1LBB, ["--model.init_args.heads", "{njet30: poisson}"]),
     # derived features computed exactly and angles relative to a reference drawn at generation
@@ -89,7 +90,7 @@ def test_the_exported_score_reproduces_pytorch_at_any_batch_size_and_in_the_tail
             assert close(got[output], want[output].numpy()), (output, got[output][:3], want[output][:3])
 
 
-@pytest.mark.parametrize("name", ["VAE", "VAE+D", "VAE, physics setup"])
+@pytest.mark.parametrize("name", ["VAE", "VAE+D, flow prior", "VAE, physics setup"])
 def test_the_exported_generator_gives_generates_events_for_the_same_noise(exported, name):
     ckpt, folder = exported[name]
     model = load_model(str(ckpt)).eval()
