@@ -27,7 +27,7 @@ from torch import nn
 
 import lit_vae
 from lit_vae.data.io import atomic_path
-from lit_vae.errors import ConfigError, DataError, LitVAEError
+from lit_vae.errors import ConfigError, DataError
 from lit_vae.generation import physics_of
 from lit_vae.models.base import load_model
 from lit_vae.models.components import MSEHead
@@ -135,12 +135,12 @@ def export(checkpoint: str, output: str, what: str = "both", opset: int = 18, ev
 
 def export_score(model, checkpoint: str, path: Path, opset: int, events: int) -> dict:
     x = torch.from_numpy(held_out_events(model, checkpoint))
-    iwae = model.anomaly_score == "iwae" or "iwae" in model.score(_batch(model, x[:2]))
+    with torch.no_grad():
+        names = list(model.score(_batch(model, x[:2])))  # `score` first, then the suite
+    iwae = "iwae" in names
     noise = torch.randn(model.iwae_samples, len(x), model.latent_dim, generator=torch.Generator().manual_seed(1)) \
         if iwae else None
     with torch.no_grad():
-        names = ["score", *[n for n in model.score(_batch(model, x[:2], noise[:, :2] if iwae else None))
-                            if n != "score"]]
         graph = ScoreGraph(model, names)
         reference = [t.numpy() for t in graph(x, noise)]
     # the events to compare: the 1 % most anomalous by PyTorch's score, and a random rest
@@ -268,8 +268,6 @@ def run(argv: list[str]) -> None:
     except ModuleNotFoundError as err:
         raise ConfigError(f"lit-vae export needs {err.name}: pip install 'lit-vae[export]' (make install does)") \
             from None
-    except LitVAEError:
-        raise
     for part in ("score", "generator"):
         if part in info:
             entry = info[part]
