@@ -100,7 +100,7 @@ demo: install
 
 # Measures speed as ratios against same-run references and writes BENCHMARKS.md.
 bench: install
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/run.py $(if $(QUICK),--quick)
 
 # Sweep throughput (Table 1 grid, 1 and 2 workers) and TPE + Hyperband against a reduced grid (~20 min).
 bench-sweeps: install
