@@ -441,6 +441,8 @@ def evaluate_anomaly(scores: Sequence[str], out: str, labels: Sequence[str] | No
         entry = {"region": metadata.get("region"), "model": metadata.get("model"),
                  "checkpoint": metadata.get("checkpoint"), "n_background": int((~is_signal).sum()),
                  "yields_pb": yields, "default": default, "baselines": fitted, "signals": {}}
+        if "iwae" in columns:  # the model's quality on held-out background, read without any signal
+            entry["background_nll"] = float(np.average(columns["iwae"][~is_signal], weights=weight[~is_signal]))
         distributions = {s: (score[samples == s], weight[samples == s]) for s in yields}
         score_figs.append(save_figure(plots.score_distributions(distributions), out_dir, f"scores_{label}"))
         for signal in tqdm(sorted(set(samples[is_signal])), desc=f"evaluating {label}", unit="signal"):
@@ -482,6 +484,12 @@ def evaluate_anomaly(scores: Sequence[str], out: str, labels: Sequence[str] | No
             "out-of-fold) is the ceiling; the best single cut (chosen by looking at the signal) is the floor an "
             "anomaly score must beat. This page never picks a score by its signal efficiency.</p>")
     sections = [("Anomaly detection", html_table(page_rows) + note)]
+    quality = [{"scores": label, "region": e["region"], "model": e["model"],
+                "background -log p(x)": e["background_nll"]} for label, e in results.items() if "background_nll" in e]
+    if quality:
+        sections.append(("Held-out background density", html_table(quality) + "<p class='note'>-log p(x) of the "
+                         "held-out background (IWAE, weighted mean, nats per event; lower: the model describes the "
+                         "background better). The background-only yardstick by which models are chosen.</p>"))
     if efficiency_rows:
         sections.append((f"Regions relative to {base_region}",
                          html_table(efficiency_rows) + "<p class='note'>eff: the region's yield over the base "

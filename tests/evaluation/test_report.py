@@ -119,7 +119,8 @@ def scores(tmp_path_factory):
                    "configuration": table["configuration"].to_numpy(np.int32)[rows],  # truth-tagged W+jets rows
                    "sample": table["sample"].to_numpy(dtype=str)[rows], "label": signal[rows].astype(np.int32),
                    "weight": table["weight"].to_numpy(np.float64)[rows],
-                   "score": table["mt"].to_numpy(np.float32)[rows], "kl": table["met"].to_numpy(np.float32)[rows]}
+                   "score": table["mt"].to_numpy(np.float32)[rows], "kl": table["met"].to_numpy(np.float32)[rows],
+                   "iwae": table["mbb"].to_numpy(np.float32)[rows]}
         metadata = {"manifest": str(WH1LBB), "region": region, "model": "test", "anomaly_score": "total",
                     "data_split": {"split_seed": 42, "train_fraction": 0.6, "features": ["met", "mt", "mbb"]}}
         files[region] = write(folder / f"scores_{region}.parquet", columns, metadata)
@@ -143,6 +144,10 @@ def test_anomaly_metrics_and_region_efficiencies_agree_with_direct_computations(
     assert default["auc"] == pytest.approx(expected) and default["auc_lo"] < expected < default["auc_hi"]
     expected_kl = roc_auc_score(table["label"][rows], table["kl"][rows], sample_weight=table["weight"][rows])
     assert block["score: kl"]["auc"] == pytest.approx(expected_kl)
+    background = table["label"] == 0  # the held-out background's -log p(x): the iwae column's weighted mean
+    assert metrics["scores"]["preselection"]["background_nll"] == pytest.approx(
+        (table["iwae"][background] * table["weight"][background]).sum() / table["weight"][background].sum(), rel=1e-6)
+    assert "Held-out background density" in (out / "report.html").read_text()
     for baseline in BASELINES:  # fitted on the training background of met, mt, mbb: they see the signal
         assert 0.6 < block[baseline]["auc"] < 1, baseline
     assert block["best cut: mt"]["auc"] == pytest.approx(expected)  # mt is the best single variable here
