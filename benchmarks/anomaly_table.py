@@ -2,7 +2,8 @@
 
 Compact: per region and signal, AUC and eps_S at eps_B = 10^-2 of the default score, the thesis's total
 loss, the three unsupervised baselines, the best single cut (signal-informed) and the supervised ceiling,
-and whether the default beats every baseline (and, in preselection, the cut) -- the issue's goal.
+and whether the default beats every baseline (and, in preselection, the cut) -- the issue's goal; then the
+held-out background's -log p(x) of each likelihood model.
 --full: every method with AUC, eps_S at 10^-1 and 10^-2 and max SIC, each with its 16-84 % interval.
 No score is picked by its signal efficiency.
 """
@@ -65,6 +66,12 @@ def compact(demo: Path) -> str:
         lines.append(f"| {label} | {SIGNALS.get(signal, signal)} | {pair(default)} ({entry['default'][15:-1]}) "
                      f"| {pair(total) if total else '–'} | {' | '.join(pair(methods[b]) for b in BASELINES)} "
                      f"| {pair(methods[cut])} ({cut[10:]}) | {pair(methods['supervised (ceiling)'])} | {verdict} |")
+    quality = {label: entry["background_nll"] for report in REPORTS
+               for label, entry in json.loads((demo / report / "metrics.json").read_text())["scores"].items()
+               if "background_nll" in entry}
+    if quality:
+        lines += ["", "Held-out background −log p̂(x) (IWAE, weighted mean, nats per event; the background-only "
+                  "yardstick): " + ", ".join(f"{label} {value:.3f}" for label, value in quality.items()) + "."]
     return "\n".join(lines)
 
 
