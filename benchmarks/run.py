@@ -533,7 +533,7 @@ def main() -> None:
               f"{torch.__version__}. Speeds are ratios against a reference measured in the same run; absolute numbers "
               "are for scale only. Ratios move by several percent between runs on a shared machine.\n")
     parts = [header]
-    for section in (*SECTIONS, "notes", "sweeps"):
+    for section in (*SECTIONS[:-1], "notes", "gpu", "sweeps"):  # notes: written by hand, kept
         kept = blocks.get(section) or block(old, section)
         if kept:
             parts.append(kept)
