@@ -14,9 +14,15 @@ from lit_vae.data.datamodule import EventBatches
 from lit_vae.models import load_model
 
 from .paths import REPO
-from .test_cli import data_args
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def shipped_data(cache) -> list[str]:
+    """The config's own DataModule on the shipped sample, 2,000 background events: no Monte Carlo production
+    (the GPU machine has no Pythia)."""
+    return ["--data.init_args.max_events", "2000", "--data.init_args.min_events", "0",
+            "--data.init_args.batch_size", "64", "--data.init_args.cache_dir", str(cache)]
 
 MODELS = [("zgamma/vae.yaml", []), ("zgamma/vae_d.yaml", ["--model.init_args.n_nodes", "16"]),
           ("wh1lbb/preselection.yaml", [])]
@@ -25,18 +31,17 @@ MODELS = [("zgamma/vae.yaml", []), ("zgamma/vae_d.yaml", ["--model.init_args.n_n
 @pytest.mark.parametrize("config, extra", MODELS)
 @pytest.mark.gpu
 @needs_cuda
-def test_a_model_fitted_on_cuda_predicts_and_decodes_as_on_the_cpu(wh1lbb_manifest, tmp_path, monkeypatch, config,
-                                                                   extra):
+def test_a_model_fitted_on_cuda_predicts_and_decodes_as_on_the_cpu(tmp_path, monkeypatch, config, extra):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    fit = ["fit", "--config", str(REPO / "configs" / config), *data_args(wh1lbb_manifest), *extra,
+    fit = ["fit", "--config", str(REPO / "configs" / config), *shipped_data(tmp_path / "cache"), *extra,
            "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false"]
     assert main([*fit, "--trainer.accelerator", "gpu", "--data.init_args.device_resident", "true"]) == 0
     ckpt = next((tmp_path / "runs").rglob("last.ckpt"))
     scores = {}
     for accelerator in ("cpu", "gpu"):
         out = tmp_path / f"scores_{accelerator}.parquet"
-        assert main(["predict", "--config", str(REPO / "configs" / config), *data_args(wh1lbb_manifest), *extra,
+        assert main(["predict", "--config", str(REPO / "configs" / config), *shipped_data(tmp_path / "cache"), *extra,
                      "--ckpt_path", str(ckpt), "--trainer.accelerator", accelerator, "--output", str(out)]) == 0
         scores[accelerator] = pd.read_parquet(out)
     numbers = [c for c in scores["cpu"] if scores["cpu"][c].dtype.kind == "f"]
@@ -52,11 +57,10 @@ def test_a_model_fitted_on_cuda_predicts_and_decodes_as_on_the_cpu(wh1lbb_manife
 
 @pytest.mark.gpu
 @needs_cuda
-def test_device_resident_batches_are_sliced_on_the_device(wh1lbb_manifest):
-    from lit_vae.data import EventDataModule
+def test_device_resident_batches_are_sliced_on_the_device():
+    from lit_vae.data import Wh1LbbDataModule
 
-    dm = EventDataModule(str(wh1lbb_manifest), "preselection", batch_size=16, cache_dir=None, min_events=0,
-                         device_resident=True)
+    dm = Wh1LbbDataModule(batch_size=16, max_events=2000, cache_dir=None, min_events=0, device_resident=True)
     dm.setup("fit")
     on_gpu = list(EventBatches(dm.on_device("train", torch.device("cuda")), 16, shuffle=True, seed=3))
     on_cpu = list(EventBatches(dm.on_device("train", torch.device("cpu")), 16, shuffle=True, seed=3))
