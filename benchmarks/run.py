@@ -524,7 +524,7 @@ def main() -> None:
             stamp = f"Measured {time.strftime('%Y-%m-%d')}{' (QUICK: small inputs)' if args.quick else ''}."
             blocks[section] = "\n".join([f"<!-- {section} -->", f"## {TITLES[section]}", "", stamp, "", *rows, "",
                                          f"<!-- /{section} -->"])
-            results[section] = numbers
+            results[section] = {**numbers, "measured": time.strftime("%Y-%m-%d"), "quick": args.quick}
     finally:
         os.chdir(cwd)
         shutil.rmtree(workdir, ignore_errors=True)
