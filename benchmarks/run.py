@@ -233,13 +233,15 @@ def hand_loop_seconds(model: BaseVAE, tensors: dict, batch_size: int, epochs: in
     return best
 
 
-def lit_vae_fit(workdir: Path, config: str, epochs: int, *extra: str):
+def lit_vae_fit(workdir: Path, config: str, epochs: int, *extra: str, rows: int | None = None):
     """`lit-vae fit`'s own objects (loggers, progress bar, checkpointing) for config, fitted with an epoch
-    timer: (cli, fastest training epoch in seconds)."""
+    timer (the training part replicated to >= rows when given): (cli, fastest training epoch in seconds)."""
     timer = EpochTimer()
     cli = build_cli(["--config", str(CONFIGS / config), f"--trainer.max_epochs={epochs}",
                      "--data.init_args.min_events=0", f"--data.init_args.cache_dir={workdir / 'cache'}",
                      f"--trainer.default_root_dir={workdir}", *extra], run=False)
+    if rows:
+        replicate_training(cli.datamodule, rows)
     cli.trainer.callbacks.append(timer)
     cli.trainer.fit(cli.model, cli.datamodule)
     import wandb
@@ -415,31 +417,18 @@ def gpu(workdir: Path, size: dict, device: str = "cuda") -> tuple[list[str], dic
         for batch in (4096, 65536):
             extra = [f"--trainer.accelerator={accelerator}", f"--data.init_args.batch_size={batch}",
                      "--data.init_args.device_resident=true", "--trainer.limit_val_batches=1"]
-            cli = build_cli(["--config", str(CONFIGS / config), f"--trainer.max_epochs={size['gpu_epochs']}",
-                             "--data.init_args.min_events=0", f"--data.init_args.cache_dir={workdir / 'cache'}",
-                             f"--trainer.default_root_dir={workdir}", *extra], run=False)
-            replicate_training(cli.datamodule, size["gpu_rows"])
-            timer = EpochTimer()
-            cli.trainer.callbacks.append(timer)
-            cli.trainer.fit(cli.model, cli.datamodule)
+            cli, t_fit = lit_vae_fit(workdir, config, size["gpu_epochs"], *extra, rows=size["gpu_rows"])
             tensors = {k: v.to(device) for k, v in cli.datamodule.part("train").items()}
             n, model = len(tensors["x"]), type(cli.model).__name__
-            t_fit, t_hand = min(timer.times), hand_loop_seconds(fresh(cli.model), tensors, batch, size["gpu_epochs"])
+            t_hand = hand_loop_seconds(fresh(cli.model), tensors, batch, size["gpu_epochs"])
             results[f"{model}.b{batch}"] = {"rows": n, "fit_rows_s": n / t_fit, "hand_rows_s": n / t_hand,
                                             "ratio": t_hand / t_fit}
             versus_cpu = "–"
             if batch == 65536:  # the same fit on this machine's CPU cores, one epoch of a tenth of the rows
-                torch.set_num_threads(os.cpu_count() or 1)
-                cpu = build_cli(["--config", str(CONFIGS / config), "--trainer.max_epochs=1",
-                                 "--data.init_args.min_events=0", f"--data.init_args.cache_dir={workdir / 'cache'}",
-                                 f"--trainer.default_root_dir={workdir}", "--trainer.accelerator=cpu",
-                                 f"--data.init_args.batch_size={batch}", "--trainer.limit_val_batches=1",
-                                 f"--trainer.num_threads={os.cpu_count()}"], run=False)
-                replicate_training(cpu.datamodule, size["gpu_rows"] // 10)
-                cpu_timer = EpochTimer()
-                cpu.trainer.callbacks.append(cpu_timer)
-                cpu.trainer.fit(cpu.model, cpu.datamodule)
-                cpu_rate = len(cpu.datamodule.part("train")["x"]) / min(cpu_timer.times)
+                cpu, t_cpu = lit_vae_fit(workdir, config, 1, "--trainer.accelerator=cpu",
+                                         f"--data.init_args.batch_size={batch}", "--trainer.limit_val_batches=1",
+                                         f"--trainer.num_threads={os.cpu_count()}", rows=size["gpu_rows"] // 10)
+                cpu_rate = len(cpu.datamodule.part("train")["x"]) / t_cpu
                 results[f"{model}.b{batch}"].update(cpu_rows_s=cpu_rate, over_cpu=n / t_fit / cpu_rate)
                 versus_cpu = f"{n / t_fit / cpu_rate:.1f}× (CPU: {cpu_rate:,.0f} rows/s)"
             rows.append(f"| {model} | {batch:,} | {n / t_fit:,.0f} | {n / t_hand:,.0f} | {t_hand / t_fit:.2f} | "

@@ -103,8 +103,9 @@ def test_generation_on_cuda_completes_and_cuts_on_the_device(tmp_path):
     model = model.cuda().eval()
     runs = [list(generate_columns(model, 5000, 2000, seed=4, device="cuda")) for _ in range(2)]
     events = {k: np.concatenate([b[k] for b in runs[0]]) for k in runs[0][0]}
+    physics = physics_of(model)
     assert len(events["m_llg"]) == 5000
-    assert physics_of(model).passes({k: v.astype(np.float64) for k, v in events.items()}).all()
+    assert physics.passes({k: v.astype(np.float64) for k, v in events.items()}).all()
     for name, values in events.items():
-        assert values.dtype == (np.int32 if physics_of(model).kinds[name] == "count" else np.float32), name
+        assert values.dtype == (np.int32 if physics.kinds[name] == "count" else np.float32), name
         np.testing.assert_array_equal(np.concatenate([b[name] for b in runs[1]]), values)
