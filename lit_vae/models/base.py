@@ -2,7 +2,7 @@
 checkpoint, event-weighted losses, the common metric names, and `sample` / `score`.
 
 A model is an encoder, a latent prior (`prior: normal | learnable | flow`, models/priors.py) and a decoder
-head (`decoder: mse | likelihood | flow`, models/components.py); VAE, VAE+D and the likelihood VAE are
+head (`decoder: mse | likelihood | autoregressive | flow`, models/components.py); VAE, VAE+D and the likelihood VAE are
 presets of these parts with the sources' choices as defaults (`preset`; `decoder: null` or `prior: null`
 in a config means the preset's part).
 Metrics: train/loss, val/loss (the objective, default monitor), val/elbo (beta = 1), val/recon, val/kl;
@@ -48,7 +48,7 @@ class BaseVAE(L.LightningModule):
                  n_nodes: int = 64, hidden: list[int] | None = None, activation: str = "relu",
                  learning_rate: float = 1e-3, beta: float = 1.0, use_weights: bool = True,
                  optimizer: OptimizerCallable = torch.optim.Adam, lr_scheduler: LRSchedulerCallable | None = None,
-                 w1_events: int = 10_000, decoder: Literal["mse", "likelihood", "flow"] | None = None,
+                 w1_events: int = 10_000, decoder: Literal["mse", "likelihood", "autoregressive", "flow"] | None = None,
                  prior: Literal["normal", "learnable", "flow"] | None = None,
                  kl_form: Literal["true", "paper"] = "true",
                  heads: dict[str, str] | None = None, feature_weights: dict[str, float] | None = None,
@@ -81,8 +81,8 @@ class BaseVAE(L.LightningModule):
                                      activation, heads, feature_weights, flow_transforms, flow_hidden, flow_passes)
         self.prior = build_prior(prior, latent_dim, kl_form)
         if anomaly_score == "iwae" and not (self.decoder.is_density and iwae_samples):
-            raise ConfigError("anomaly_score: iwae needs a density decoder (decoder: likelihood) and iwae_samples > 0; "
-                              "choose total, nll, kl, latent_radius or prior_density")
+            raise ConfigError("anomaly_score: iwae needs a density decoder (decoder: likelihood or autoregressive) "
+                              "and iwae_samples > 0; choose total, nll, kl, latent_radius or prior_density")
         self.anomaly_score = anomaly_score  # the score column of `predict` (every other score is beside it)
         self.manifest_hash = ""
         self.data_split: dict = {}  # EventDataModule.split(): which events were trained on, which held out

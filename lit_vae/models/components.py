@@ -91,7 +91,7 @@ def reparameterise(mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
 # --- Decoder heads: what a decoder predicts, its reconstruction term, and how it generates -------------
 # Every head has terms(z, batch, transform) -> {"per_feature", "recon" (the weighted training term),
 # "nll" (unweighted, for the ELBO)} per event, and sample(z, transform, generator) -> physical events.
-DECODERS = ("mse", "likelihood", "flow")
+DECODERS = ("mse", "likelihood", "autoregressive", "flow")
 
 
 class MSEHead(Decoder):
@@ -136,12 +136,13 @@ class DensityHead(Decoder):
         self.head_names, self.n_params = head_names, n_params
         self.register_buffer("feature_weight", torch.tensor([float(feature_weights.get(n, 1.0)) for n in names]))
 
-    def raw_parameters(self, z: torch.Tensor) -> list[torch.Tensor]:
-        """The raw outputs split per feature, (events, n_params) each."""
+    def raw_parameters(self, z: torch.Tensor, x: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The raw outputs split per feature, (events, n_params) each (x, the transformed event, is for
+        heads that condition on it)."""
         return list(self(z).split(self.n_params, dim=-1))
 
     def terms(self, z: torch.Tensor, batch: dict, transform) -> dict[str, torch.Tensor]:
-        raw, target = self.raw_parameters(z), batch["target"]
+        raw, target = self.raw_parameters(z, batch["x"]), batch["target"]
         nll = torch.stack([-HEADS[h].log_prob(target[:, j], raw[j]) for j, h in enumerate(self.head_names)], dim=-1)
         return {"per_feature": nll, "recon": (nll * self.feature_weight).sum(dim=-1), "nll": nll.sum(dim=-1)}
 
@@ -177,6 +178,69 @@ class DensityHead(Decoder):
             else:
                 continue
             bias[start:start + len(values)] = torch.stack(values).to(bias.dtype)
+
+
+class MaskedLinear(nn.Linear):
+    """A Linear layer whose weight is multiplied by a fixed 0/1 mask (MADE, Germain et al. 2015)."""
+
+    def __init__(self, mask: torch.Tensor):
+        super().__init__(mask.shape[1], mask.shape[0])
+        self.register_buffer("mask", mask.to(self.weight.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight * self.mask, self.bias)
+
+
+def made(n_features: int, latent_dim: int, hidden: list[int], n_params: list[int], activation: str) -> nn.Sequential:
+    """A masked MLP on [x, z] whose outputs for feature j (n_params[j] of them, in feature order) depend on z
+    and x_0..x_{j-1} only. Degrees: x_j has j + 1, z has 0, hidden unit h has h mod n_features (so the first
+    feature's parameters see z alone), the outputs of feature j have j + 1; a unit sees a lower degree only."""
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation '{activation}'; one of {', '.join(ACTIVATIONS)}")
+    degree_in = torch.cat([torch.arange(1, n_features + 1), torch.zeros(latent_dim, dtype=torch.long)])
+    layers: list[nn.Module] = []
+    for width in hidden:
+        degree = torch.arange(width) % n_features
+        layers += [MaskedLinear(degree[:, None] >= degree_in[None, :]), ACTIVATIONS[activation]()]
+        degree_in = degree
+    degree_out = torch.arange(1, n_features + 1).repeat_interleave(torch.tensor(n_params))
+    layers.append(MaskedLinear(degree_out[:, None] > degree_in[None, :]))
+    return nn.Sequential(*layers)
+
+
+class AutoregressiveDensityHead(DensityHead):
+    """The thesis's per-feature densities, each conditioned on z and on the features before it:
+    p(x | z) = prod_j f_j(x_j | z, x_<j), a joint model of the event (correlations and kinematic edges
+    between features) that stays exact and keeps every feature's family. Generation samples the features
+    in order, one network pass each."""
+
+    def __init__(self, latent_dim: int, hidden: list[int], names: list[str], kinds: list[str],
+                 activation: str = "relu", heads: dict[str, str] | None = None,
+                 feature_weights: dict[str, float] | None = None):
+        super().__init__(latent_dim, hidden, names, kinds, activation, heads, feature_weights)
+        self.net = made(len(names), latent_dim, list(reversed(hidden)), self.n_params, activation)
+
+    def raw_parameters(self, z: torch.Tensor, x: torch.Tensor | None = None) -> list[torch.Tensor]:
+        if x is None:
+            raise ValueError("an autoregressive head needs the transformed event x")
+        return list(self.net(torch.cat([x.to(z.dtype), z], dim=-1)).split(self.n_params, dim=-1))
+
+    def _draw(self, z: torch.Tensor, transform, draw) -> torch.Tensor:
+        """Targets drawn feature by feature: draw(j, raw parameters of feature j) -> (events,)."""
+        columns: list[torch.Tensor] = []
+        zeros = z.new_zeros(len(z), len(self.head_names))
+        for j in range(len(self.head_names)):
+            targets = torch.cat([torch.stack(columns, dim=-1), zeros[:, j:]], dim=-1) if columns else zeros
+            columns.append(draw(j, self.raw_parameters(z, transform(transform.physical(targets)))[j]))
+        return torch.stack(columns, dim=-1)
+
+    def sample(self, z: torch.Tensor, transform, generator: torch.Generator | None = None) -> torch.Tensor:
+        return transform.physical(self._draw(z, transform, lambda j, raw: HEADS[self.head_names[j]].sample(
+            raw, generator).to(z.dtype)))
+
+    def decoded(self, z: torch.Tensor, transform) -> torch.Tensor:
+        targets = self._draw(z, transform, lambda j, raw: HEADS[self.head_names[j]].rsample(raw).to(z.dtype))
+        return transform(transform.physical(targets))
 
 
 class FlowHead(nn.Module):
@@ -223,6 +287,8 @@ def build_decoder(kind: str, latent_dim: int, hidden: list[int], names: list[str
         return MSEHead(latent_dim, hidden, len(names), activation)
     if kind == "likelihood":
         return DensityHead(latent_dim, hidden, names, kinds, activation, heads, feature_weights)
+    if kind == "autoregressive":
+        return AutoregressiveDensityHead(latent_dim, hidden, names, kinds, activation, heads, feature_weights)
     if kind == "flow":
         return FlowHead(latent_dim, len(names), flow_transforms, flow_hidden, passes=flow_passes)
     raise ConfigError(f"decoder: '{kind}' is not one of {', '.join(DECODERS)}")

@@ -13,9 +13,11 @@ from scipy import stats
 from scipy.special import expit, log_expit
 
 from lit_vae.data import ZGammaDataModule
+from lit_vae.data.transforms import FeatureTransform
 from lit_vae.errors import ConfigError
 from lit_vae.generation import Tally, _next_size, generate_columns
 from lit_vae.models import VAE, VAED, LikelihoodVAE, load_model
+from lit_vae.models.components import AutoregressiveDensityHead
 from lit_vae.models.distributions import HEADS
 from lit_vae.models.priors import FlowPrior
 
@@ -77,7 +79,7 @@ def test_non_saturating_adversarial_term_by_hand(wh1lbb_datamodule):
     assert paper.adversarial_term(x, rec, gen, batch).item() == pytest.approx(by_hand, rel=1e-5)
 
 
-@pytest.mark.parametrize("decoder", ["likelihood", "flow"])
+@pytest.mark.parametrize("decoder", ["likelihood", "autoregressive", "flow"])
 def test_vae_d_discriminator_sees_exact_samples_whose_gradient_reaches_every_decoder_output(
         wh1lbb_datamodule, decoder):
     """Sampled heads under VAE+D: the discriminator's input is the exact sample (the straight-through and
@@ -90,16 +92,49 @@ def test_vae_d_discriminator_sees_exact_samples_whose_gradient_reaches_every_dec
     z = torch.randn(64, 4, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(5)
     seen = model.decoded(z)
-    if decoder == "likelihood":
+    if decoder != "flow":
         torch.manual_seed(5)
         with torch.no_grad():
             exact = model.transform(model.decoder.sample(z, model.transform))
         torch.testing.assert_close(seen, exact)
     model.discriminator(seen).sum().backward()
-    if decoder == "likelihood":  # every head's first raw output (fraction, location) gets a gradient
+    if decoder != "flow":  # every head's first raw output (fraction, location) gets a gradient
         first = np.cumsum([0, *model.decoder.n_params[:-1]])
         assert (model.decoder.net[-1].weight.grad[first].abs().sum(dim=1) > 0).all()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.decoder.parameters())
+
+
+def test_autoregressive_head_is_a_normalised_joint_density_that_its_samples_follow():
+    """p(n1, n2 | z) = f(n1 | z) f(n2 | z, n1) of two counts: it sums to one over the grid, the second count's
+    distribution depends on the first (not a product), the first feature's on neither (MADE masks), and
+    sample() draws the pairs with these probabilities (chi-square), conditioning on the transformed counts
+    as the density does."""
+    torch.manual_seed(0)
+    head = AutoregressiveDensityHead(2, [16, 16], ["n1", "n2"], ["count", "count"])
+    with torch.no_grad():  # a strongly conditioned head
+        for p in head.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    transform = FeatureTransform(["count", "count"], mean=[2.0, 1.0], std=[2.0, 1.0])
+    z = torch.randn(1, 2, generator=torch.Generator().manual_seed(1))
+    grid = torch.cartesian_prod(torch.arange(60.0), torch.arange(60.0))
+    with torch.no_grad():
+        nll = head.terms(z.expand(len(grid), 2), {"x": transform(grid), "target": grid}, transform)["nll"]
+        first = head.raw_parameters(z.expand(2, 2), torch.tensor([[0.0, 0.0], [5.0, -3.0]]))[0]
+    joint = torch.exp(-nll.double()).reshape(60, 60).numpy()
+    assert joint.sum() == pytest.approx(1.0, abs=1e-6)
+    torch.testing.assert_close(first[0], first[1])  # the first feature sees z only
+    likely = joint[joint.sum(axis=1) > 0.01]
+    conditional = likely / likely.sum(axis=1, keepdims=True)
+    assert np.abs(conditional[:, None] - conditional[None]).sum(-1).max() > 0.2
+    with torch.no_grad():
+        samples = head.sample(z.expand(20_000, 2), transform, torch.Generator().manual_seed(2)).long().numpy()
+    observed = np.zeros((60, 60))
+    np.add.at(observed, (samples[:, 0], samples[:, 1]), 1)
+    expected = 20_000 * joint
+    cells = expected >= 5
+    assert observed[~cells].sum() < 0.02 * 20_000
+    chi2 = ((observed[cells] - expected[cells]) ** 2 / expected[cells]).sum()
+    assert stats.chi2(cells.sum() - 1).sf(chi2) > 1e-3
 
 
 def test_flow_passes_outside_two_to_n_features_is_refused():
