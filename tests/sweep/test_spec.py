@@ -90,10 +90,13 @@ def test_shipped_sweep_files_hold_table_1_exactly():
     wh = load_sweep(REPO / "configs" / "sweeps" / "wh1lbb_likelihood.yaml")
     assert wh.metric == "val/elbo" and wh.fit_args == ["--config", "configs/wh1lbb/preselection.yaml"]
     assert {k.split(".")[-1] for k in wh.parameters} == {"learning_rate", "n_nodes", "latent_dim", "batch_size",
-                                                          "beta", "prior", "activation", "feature_weights"}
+                                                          "beta", "prior", "decoder", "activation",
+                                                          "feature_weights"}
     density = load_sweep(REPO / "configs" / "sweeps" / "wh1lbb_density.yaml")  # the Wh1Lbb configs' choice
     assert density.metric == "val/elbo" and density.grid_size() == 4
     assert density.fit_args == ["--config", "configs/wh1lbb/preselection.yaml", "--trainer.max_epochs=100"]
+    capacity = load_sweep(REPO / "configs" / "sweeps" / "wh1lbb_capacity.yaml")  # and its second stage
+    assert capacity.metric == "val/elbo" and capacity.grid_size() == 6 and capacity.fit_args == density.fit_args
 
 
 @pytest.mark.parametrize(("change", "message"), [
