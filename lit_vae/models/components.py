@@ -64,9 +64,10 @@ class GaussianEncoder(nn.Module):
 class Decoder(nn.Module):
     """z -> decoder outputs (reconstructed features, or distribution parameters)."""
 
-    def __init__(self, latent_dim: int, hidden: list[int], n_out: int, activation: str = "relu"):
+    def __init__(self, latent_dim: int, hidden: list[int], n_out: int, activation: str = "relu",
+                 net: nn.Module | None = None):
         super().__init__()
-        self.net = mlp(latent_dim, list(reversed(hidden)), n_out, activation)
+        self.net = net if net is not None else mlp(latent_dim, list(reversed(hidden)), n_out, activation)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
@@ -132,9 +133,14 @@ class DensityHead(Decoder):
                 raise ConfigError(f"heads.{name}: unknown head '{head}'; one of {', '.join(HEADS)}")
         head_names = [heads.get(n, DEFAULT_HEAD[k]) for n, k in zip(names, kinds, strict=True)]
         n_params = [HEADS[h].n_params for h in head_names]
-        super().__init__(latent_dim, hidden, sum(n_params), activation)
+        super().__init__(latent_dim, hidden, sum(n_params), activation,
+                         net=self.network(latent_dim, list(reversed(hidden)), n_params, activation))
         self.head_names, self.n_params = head_names, n_params
         self.register_buffer("feature_weight", torch.tensor([float(feature_weights.get(n, 1.0)) for n in names]))
+
+    def network(self, latent_dim: int, hidden: list[int], n_params: list[int], activation: str) -> nn.Module:
+        """z -> every feature's raw parameters, in feature order."""
+        return mlp(latent_dim, hidden, sum(n_params), activation)
 
     def raw_parameters(self, z: torch.Tensor, x: torch.Tensor | None = None) -> list[torch.Tensor]:
         """The raw outputs split per feature, (events, n_params) each (x, the transformed event, is for
@@ -214,11 +220,9 @@ class AutoregressiveDensityHead(DensityHead):
     between features) that stays exact and keeps every feature's family. Generation samples the features
     in order, one network pass each."""
 
-    def __init__(self, latent_dim: int, hidden: list[int], names: list[str], kinds: list[str],
-                 activation: str = "relu", heads: dict[str, str] | None = None,
-                 feature_weights: dict[str, float] | None = None):
-        super().__init__(latent_dim, hidden, names, kinds, activation, heads, feature_weights)
-        self.net = made(len(names), latent_dim, list(reversed(hidden)), self.n_params, activation)
+    def network(self, latent_dim: int, hidden: list[int], n_params: list[int], activation: str) -> nn.Module:
+        """[x, z] -> every feature's raw parameters, feature j's from z and x_<j only."""
+        return made(len(n_params), latent_dim, hidden, n_params, activation)
 
     def raw_parameters(self, z: torch.Tensor, x: torch.Tensor | None = None) -> list[torch.Tensor]:
         if x is None:
