@@ -37,13 +37,18 @@ def check_plausible(sizes: list[int], latent_dim: int) -> None:
                           f"{latent_dim}; use n_nodes >= latent_dim")
 
 
-def mlp(n_in: int, hidden: list[int], n_out: int, activation: str = "relu") -> nn.Sequential:
-    """Linear layers of the given widths with the named activation between them (none after the last)."""
+def activation_layer(activation: str) -> nn.Module:
+    """The named activation, or a ConfigError that lists the known ones."""
     if activation not in ACTIVATIONS:
         raise ConfigError(f"unknown activation '{activation}'; one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[activation]()
+
+
+def mlp(n_in: int, hidden: list[int], n_out: int, activation: str = "relu") -> nn.Sequential:
+    """Linear layers of the given widths with the named activation between them (none after the last)."""
     layers: list[nn.Module] = []
     for width in hidden:
-        layers += [nn.Linear(n_in, width), ACTIVATIONS[activation]()]
+        layers += [nn.Linear(n_in, width), activation_layer(activation)]
         n_in = width
     layers.append(nn.Linear(n_in, n_out))
     return nn.Sequential(*layers)
@@ -201,13 +206,11 @@ def made(n_features: int, latent_dim: int, hidden: list[int], n_params: list[int
     """A masked MLP on [x, z] whose outputs for feature j (n_params[j] of them, in feature order) depend on z
     and x_0..x_{j-1} only. Degrees: x_j has j + 1, z has 0, hidden unit h has h mod n_features (so the first
     feature's parameters see z alone), the outputs of feature j have j + 1; a unit sees a lower degree only."""
-    if activation not in ACTIVATIONS:
-        raise ConfigError(f"unknown activation '{activation}'; one of {', '.join(ACTIVATIONS)}")
     degree_in = torch.cat([torch.arange(1, n_features + 1), torch.zeros(latent_dim, dtype=torch.long)])
     layers: list[nn.Module] = []
     for width in hidden:
         degree = torch.arange(width) % n_features
-        layers += [MaskedLinear(degree[:, None] >= degree_in[None, :]), ACTIVATIONS[activation]()]
+        layers += [MaskedLinear(degree[:, None] >= degree_in[None, :]), activation_layer(activation)]
         degree_in = degree
     degree_out = torch.arange(1, n_features + 1).repeat_interleave(torch.tensor(n_params))
     layers.append(MaskedLinear(degree_out[:, None] > degree_in[None, :]))
