@@ -197,11 +197,14 @@ class EventDataModule(L.LightningDataModule):
         if not parts["train"].any() or not parts["val"].any():
             raise DataError(f"{self.manifest.path}: region '{self.region}' leaves an empty training or validation "
                             f"part ({int(parts['train'].sum())} / {int(parts['val'].sum())} background events)")
-        self.transform = self.fixed_transform or FeatureTransform.fit(x[parts["train"]], self.feature_kinds,
-                                                                      self.target_scales)
         norm = weight[parts["train"]].mean() if self.use_weights else 1.0
         x_t = torch.from_numpy(x)
-        encoded, targets = self.transform(x_t), self.transform.targets(x_t)  # once, then sliced per part
+        if self.fixed_transform is not None:  # every row encoded once, then sliced per part
+            self.transform, encoded = self.fixed_transform, self.fixed_transform(x_t)
+        else:
+            self.transform, encoded = FeatureTransform.fit_encode(x, self.feature_kinds, parts["train"],
+                                                                  self.target_scales)
+        targets = self.transform.targets(x_t)
         for part, rows in parts.items():
             tensors = {
                 "x": encoded[rows],

@@ -49,22 +49,32 @@ class FeatureTransform(nn.Module):
     @classmethod
     def fit(cls, x: np.ndarray, kinds: list[str], target_scale: list[float] | None = None) -> FeatureTransform:
         """Fit on the training events x (events, features) in physical units."""
+        return cls.fit_encode(x, kinds, target_scale=target_scale)[0]
+
+    @classmethod
+    def fit_encode(cls, x: np.ndarray, kinds: list[str], rows: np.ndarray | None = None,
+                   target_scale: list[float] | None = None) -> tuple[FeatureTransform, torch.Tensor]:
+        """Fit on the training rows of x (events, features; physical units; all rows when rows is None) and
+        encode every row, staging each value once: (transform, exactly transform(x))."""
         x = np.asarray(x, dtype=np.float64)
+        train = x if rows is None else x[rows]
         transform = cls(kinds, target_scale=target_scale)
         positive = transform._is("positive").numpy()
-        if np.any(x[:, positive] < 0):
-            bad = [k for k, p, neg in zip(range(x.shape[1]), positive, (x < 0).any(axis=0), strict=True) if p and neg]
+        if np.any(train[:, positive] < 0):
+            bad = [k for k, p, neg in zip(range(x.shape[1]), positive, (train < 0).any(axis=0), strict=True)
+                   if p and neg]
             raise DataError(f"features {bad} are declared positive but have negative values; declare them 'real'")
         log_scale = np.ones(x.shape[1])
-        log_scale[positive] = np.maximum(np.median(x[:, positive], axis=0), 1e-6)
+        log_scale[positive] = np.maximum(np.median(train[:, positive], axis=0), 1e-6)
         transform.log_scale.copy_(torch.from_numpy(log_scale))
-        staged = transform._stage(torch.from_numpy(x)).numpy()
+        staged = transform._stage(torch.from_numpy(x))
+        staged_train = (staged if rows is None else staged[torch.from_numpy(rows)]).numpy()
         standardise = ~transform._is("angle").numpy()
-        mean = np.where(standardise, staged.mean(axis=0), 0.0)
-        std = np.where(standardise, staged.std(axis=0), 1.0)
+        mean = np.where(standardise, staged_train.mean(axis=0), 0.0)
+        std = np.where(standardise, staged_train.std(axis=0), 1.0)
         transform.mean.copy_(torch.from_numpy(mean))
         transform.std.copy_(torch.from_numpy(np.where(std > 0, std, 1.0)))
-        return transform
+        return transform, transform._normalise(staged)
 
     def _stage(self, x: torch.Tensor) -> torch.Tensor:
         """The kind-specific map before standardisation (elementwise selections: exportable to ONNX)."""
@@ -72,9 +82,12 @@ class FeatureTransform(nn.Module):
         out = torch.where(self._is("positive"), torch.log1p(out.clamp(min=0) / self.log_scale), out)
         return torch.where(self._is("angle"), out / math.pi, out)
 
+    def _normalise(self, staged: torch.Tensor) -> torch.Tensor:
+        return ((staged - self.mean) / self.std).to(torch.float32)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Physical values (events, features) -> network inputs (float32)."""
-        return ((self._stage(x) - self.mean) / self.std).to(torch.float32)
+        return self._normalise(self._stage(x))
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """Network outputs -> physical values: positives >= 0, angles in [-pi, pi), counts integers >= 0."""

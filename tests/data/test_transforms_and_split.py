@@ -27,6 +27,17 @@ def test_round_trip_to_float_precision():
     np.testing.assert_array_equal(back[:, 3], x[:, 3])  # counts come back as exact integers
 
 
+def test_fit_encode_fits_on_the_training_rows_and_encodes_every_row_as_the_transform_does():
+    x = physical()
+    rows = np.random.default_rng(1).random(len(x)) < 0.6
+    transform, encoded = FeatureTransform.fit_encode(x, KINDS, rows)
+    on_train = FeatureTransform.fit(x[rows], KINDS)
+    for name in ("log_scale", "mean", "std"):
+        torch.testing.assert_close(getattr(transform, name), getattr(on_train, name), rtol=1e-12, atol=0)
+    torch.testing.assert_close(encoded, on_train(torch.from_numpy(x)), rtol=0, atol=1e-6)
+    assert not torch.equal(transform.mean, FeatureTransform.fit(x, KINDS).mean)  # the rows matter
+
+
 def test_standardised_on_the_fit_sample_and_angles_scaled():
     x = physical()
     y = FeatureTransform.fit(x, KINDS)(torch.from_numpy(x)).numpy()
