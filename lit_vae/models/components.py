@@ -205,7 +205,11 @@ class MaskedLinear(nn.Linear):
 def made(n_features: int, latent_dim: int, hidden: list[int], n_params: list[int], activation: str) -> nn.Sequential:
     """A masked MLP on [x, z] whose outputs for feature j (n_params[j] of them, in feature order) depend on z
     and x_0..x_{j-1} only. Degrees: x_j has j + 1, z has 0, hidden unit h has h mod n_features (so the first
-    feature's parameters see z alone), the outputs of feature j have j + 1; a unit sees a lower degree only."""
+    feature's parameters see z alone), the outputs of feature j have j + 1; a unit sees a lower degree only.
+    Every layer needs all n_features degrees, else a feature silently loses some of the features before it."""
+    if min(hidden) < n_features:
+        raise ConfigError(f"decoder: autoregressive needs hidden layers at least as wide as the {n_features} "
+                          f"features, got {hidden}; raise n_nodes")
     degree_in = torch.cat([torch.arange(1, n_features + 1), torch.zeros(latent_dim, dtype=torch.long)])
     layers: list[nn.Module] = []
     for width in hidden:

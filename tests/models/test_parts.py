@@ -137,6 +137,12 @@ def test_autoregressive_head_is_a_normalised_joint_density_that_its_samples_foll
     assert stats.chi2(cells.sum() - 1).sf(chi2) > 1e-3
 
 
+def test_an_autoregressive_decoder_narrower_than_the_features_is_refused():
+    with pytest.raises(ConfigError, match="decoder: autoregressive needs hidden layers at least as wide as the 5 "
+                                          r"features, got \[4, 4\]; raise n_nodes"):
+        LikelihoodVAE(n_features=5, latent_dim=2, n_nodes=4, decoder="autoregressive")
+
+
 def test_flow_passes_outside_two_to_n_features_is_refused():
     with pytest.raises(ConfigError, match=r"flow_passes must be null \(autoregressive\) or 2..3, got 4"):
         VAE(n_features=3, decoder="flow", flow_passes=4)
