@@ -41,6 +41,24 @@ def training_background(table, data_split: dict, path: str) -> np.ndarray:
     return background_train_mask(table, int(seed), float(data_split["train_fraction"]))
 
 
+def weighted_sample(x: np.ndarray, weights: np.ndarray, seed: int) -> np.ndarray:
+    """FIT_EVENTS rows of x drawn with replacement in proportion to their weights (the weighted mixture)."""
+    rng = np.random.default_rng(seed)
+    return x[rng.choice(len(x), size=FIT_EVENTS, p=weights / weights.sum())]
+
+
+def gaussian_mixture(sample: np.ndarray, n_events: int, seed: int) -> GaussianMixture:
+    """The full-covariance mixture of lowest BIC on the sample (components allowed while the parameters
+    stay well below the n_events it was drawn from)."""
+    n_features = sample.shape[1]
+    with warnings.catch_warnings():  # EM stopping at max_iter still gives a usable density; say nothing
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        mixtures = [GaussianMixture(k, covariance_type="full", reg_covar=1e-4, max_iter=300,
+                                    random_state=seed).fit(sample)
+                    for k in COMPONENTS if k * (n_features + 1) ** 2 < n_events]
+    return min(mixtures, key=lambda g: g.bic(sample))
+
+
 def baseline_scores(train_x: np.ndarray, train_w: np.ndarray, x: np.ndarray, kinds: list[str],
                     seed: int = 0) -> dict[str, np.ndarray]:
     """Each baseline's score of the events x (physical units, larger = more anomalous), fitted on the
@@ -50,15 +68,9 @@ def baseline_scores(train_x: np.ndarray, train_w: np.ndarray, x: np.ndarray, kin
     transform = FeatureTransform.fit(train_x, kinds)
     with torch.no_grad():
         fit_on, score_on = (transform(torch.as_tensor(a, dtype=torch.float32)).double().numpy() for a in (train_x, x))
-    rng = np.random.default_rng(seed)
-    sample = fit_on[rng.choice(len(fit_on), size=FIT_EVENTS, p=train_w / train_w.sum())]
+    sample = weighted_sample(fit_on, train_w, seed)
     forest = IsolationForest(n_estimators=200, random_state=seed).fit(sample)
-    with warnings.catch_warnings():  # EM stopping at max_iter still gives a usable density; say nothing
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        mixtures = [GaussianMixture(k, covariance_type="full", reg_covar=1e-4, max_iter=300,
-                                    random_state=seed).fit(sample)
-                    for k in COMPONENTS if k * (len(kinds) + 1) ** 2 < len(train_x)]
-    mixture = min(mixtures, key=lambda g: g.bic(sample))
+    mixture = gaussian_mixture(sample, len(train_x), seed)
     gaussian = EmpiricalCovariance().fit(sample)
     log_det = np.linalg.slogdet(gaussian.covariance_)[1]
     return {

@@ -16,11 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import roc_curve
 from tqdm import tqdm
 
 from lit_vae.data.io import atomic_path, read_events, read_region
-from lit_vae.data.manifest import load_manifest
+from lit_vae.data.manifest import Manifest, load_manifest
 from lit_vae.data.physics import Physics
 from lit_vae.data.selection import evaluate, expression_names
 from lit_vae.data.split import background_train_mask
@@ -349,10 +350,10 @@ def _wandb_active() -> bool:
 ANOMALY_COLUMNS = ("auc", "eff_s_at_eff_b_0.1", "eff_s_at_eff_b_0.01", "eff_s_at_eff_b_0.001", "max_sic")
 
 
-def _with_features(samples: np.ndarray, event_numbers: np.ndarray, configurations: np.ndarray, metadata: dict,
-                   path: str, baselines: bool, seed: int) -> tuple[np.ndarray, list[str], dict[str, np.ndarray], dict]:
-    """The manifest features of every scored row, joined on (sample, event_number, configuration); with
-    baselines, their scores of those rows, fitted on the training background of the file's recorded split."""
+def scored_rows(samples: np.ndarray, event_numbers: np.ndarray, configurations: np.ndarray, metadata: dict,
+                path: str) -> tuple[Manifest, pd.DataFrame, np.ndarray, list[str]]:
+    """(manifest, region table, the table row of every scored row, the model's features): the score file's
+    rows joined to the region's events on (sample, event_number, configuration)."""
     if "manifest" not in metadata or "region" not in metadata:
         raise DataError(f"{path}: no manifest/region in its metadata; was it written by `lit-vae predict`?")
     manifest = load_manifest(metadata["manifest"])
@@ -367,6 +368,15 @@ def _with_features(samples: np.ndarray, event_numbers: np.ndarray, configuration
     except KeyError as err:
         raise DataError(f"{path}: event {err.args[0]} is not in {manifest.path} region '{metadata['region']}'; "
                         "score and evaluate with the same manifest") from None
+    return manifest, table, rows, features
+
+
+def _with_features(samples: np.ndarray, event_numbers: np.ndarray, configurations: np.ndarray, metadata: dict,
+                   path: str, baselines: bool, seed: int) -> tuple[np.ndarray, list[str], dict[str, np.ndarray], dict]:
+    """The manifest features of every scored row; with baselines, their scores of those rows, fitted on the
+    training background of the file's recorded split."""
+    manifest, table, rows, features = scored_rows(samples, event_numbers, configurations, metadata, path)
+    names = list(manifest.features)
     x = table[names].to_numpy(dtype=np.float64)
     if not baselines:
         return x[rows], names, {}, {}
