@@ -189,7 +189,9 @@ class EventDataModule(L.LightningDataModule):
         if self.max_events is not None:
             keep = self._subset(ids, sample_index, ~signal)
         modelled = self.physics.to_model({name: table[name].to_numpy(dtype=np.float64) for name in self.read_features})
-        x = np.column_stack([modelled[name] for name in self.features])  # a new array
+        x = np.empty((len(table), len(self.features)), order="F")  # a new array, feature by feature
+        for j, name in enumerate(self.features):
+            x[:, j] = modelled[name]
         weight = table["weight"].to_numpy(dtype=np.float64)
         parts = {"train": keep & ~signal & train, "val": keep & ~signal & ~train}
         parts["test"] = parts["val"] | signal

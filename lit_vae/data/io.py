@@ -189,31 +189,6 @@ def _iterate_file(file: Path, tree: str, branches: list[str], step_size: int, ba
                         "is it truncated? regenerate it with `make samples`") from None
 
 
-def _branch_names(file: Path, tree: str) -> set[str]:
-    if file.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return set(pq.ParquetFile(file).schema_arrow.names)
-    import uproot
-
-    with uproot.open(file) as f:
-        return set(f[tree].keys())
-
-
-def _entries(file: Path, tree: str) -> int:
-    if file.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(file).metadata.num_rows
-    import uproot
-
-    try:
-        with uproot.open(file) as f:
-            return f[tree].num_entries
-    except Exception as err:
-        raise DataError(f"{file}: cannot be opened as ROOT ({type(err).__name__}); is it truncated?") from None
-
-
 def read_region(manifest: Manifest, region: str, features: list[str], *, nan_policy: str = "drop",
                 step_size: int = STEP_SIZE, cache_dir: str | os.PathLike | None = ".cache/lit-vae"):
     """The selected events of region for every sample: a pandas DataFrame with the features, `weight`,
@@ -230,9 +205,8 @@ def read_region(manifest: Manifest, region: str, features: list[str], *, nan_pol
         cache_file = Path(cache_dir) / f"{manifest.path.stem}-{region}-{cache_key(manifest, region, features)}.parquet"
         if cache_file.exists():
             return _with_sample_categories(pd.read_parquet(cache_file), manifest)
-    check_inputs(manifest, region, features)
-
-    total = sum(_entries(f, s.tree) for s in manifest.samples.values() for f in s.files)
+    contents = check_inputs(manifest, region, features)  # (sample, file) -> (entries, branch names)
+    total = sum(entries for entries, _ in contents.values())
     frames = []
     with tqdm(total=total, unit="evt", desc=f"reading {manifest.path.stem}/{region}", delay=2.0,
               file=sys.stderr) as bar:
@@ -241,7 +215,7 @@ def read_region(manifest: Manifest, region: str, features: list[str], *, nan_pol
             parts = []
             offset = 0  # synthesised ids count on across the files of a sample: unique within it
             for file in sample.files:
-                configured = CONFIGURATION in _branch_names(file, sample.tree)
+                configured = CONFIGURATION in contents[sample.name, file][1]
                 needed = [*branches, CONFIGURATION] if configured and CONFIGURATION not in branches else branches
                 for chunk in _iterate_file(file, sample.tree, needed, step_size, bar):
                     n = len(chunk[branches[0]])
@@ -288,8 +262,7 @@ def _with_sample_categories(table, manifest: Manifest):
 
 def _drop_non_finite(frame, features: list[str], policy: str, where: str):
     """Drop (and warn about) or refuse events with NaN or inf in a feature."""
-    values = frame[features].to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(values)
+    bad = np.column_stack([~np.isfinite(frame[name].to_numpy()) for name in features])  # booleans: cheap
     if not bad.any():
         return frame
     counts = {name: int(n) for name, n in zip(features, bad.sum(axis=0), strict=True) if n}

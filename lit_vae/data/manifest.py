@@ -292,27 +292,31 @@ def check_files_exist(manifest: Manifest) -> None:
                             f"(relative to {manifest.path.parent}); run `make samples` or fix the path")
 
 
-def check_inputs(manifest: Manifest, region: str, features: list[str]) -> None:
-    """Open every input file of the manifest and check its tree and the branches the region needs."""
+def check_inputs(manifest: Manifest, region: str, features: list[str]) -> dict[tuple[str, Path], tuple[int, set[str]]]:
+    """Open every input file of the manifest once and check its tree and the branches the region needs;
+    returns (sample, file) -> the file's entries and branch names."""
     import uproot
 
     check_files_exist(manifest)
     for name in features:
         manifest.feature(name)
+    contents = {}
     for sample in manifest.samples.values():
         needed = manifest.branches(region, features, sample)
         for file in sample.files:
             if file.suffix == ".parquet":
                 import pyarrow.parquet as pq
 
-                available = set(pq.read_schema(file).names)
+                metadata = pq.read_metadata(file)
+                entries, available = metadata.num_rows, set(metadata.schema.to_arrow_schema().names)
             else:
                 try:
                     with uproot.open(file) as f:
                         if sample.tree not in f:
                             raise DataError(f"{file}: no tree '{sample.tree}' (sample '{sample.name}' in "
                                             f"{manifest.path}); found {sorted(f.keys(cycle=False))}")
-                        available = set(f[sample.tree].keys())
+                        tree = f[sample.tree]
+                        entries, available = tree.num_entries, set(tree.keys())
                 except DataError:
                     raise
                 except Exception as err:  # uproot's errors for truncated or foreign files are many
@@ -322,3 +326,5 @@ def check_inputs(manifest: Manifest, region: str, features: list[str]) -> None:
                 if branch not in available:
                     raise DataError(f"{file}: no branch '{branch}'{nearest(branch, available)} "
                                     f"(needed by sample '{sample.name}' in {manifest.path})")
+            contents[sample.name, file] = (entries, available)
+    return contents

@@ -22,6 +22,15 @@ from lit_vae.errors import DataError
 KIND_CODE = {kind: i for i, kind in enumerate(KINDS)}
 
 
+def _mean_std(values: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation (1 where it is 0) of a float64 column, summed in event order (a running
+    sum, as numpy sums a row-major table's columns): a fitted transform's bits do not depend on the layout."""
+    mean = np.cumsum(values)[-1] / len(values)
+    deviation = values - mean
+    std = math.sqrt(np.cumsum(deviation * deviation)[-1] / len(values))
+    return mean, std if std > 0 else 1.0
+
+
 class FeatureTransform(nn.Module):
     """Per-feature forward/inverse maps; state in buffers (log scale, mean, std, target scale, kinds)."""
 
@@ -55,26 +64,32 @@ class FeatureTransform(nn.Module):
     def fit_encode(cls, x: np.ndarray, kinds: list[str], rows: np.ndarray | None = None,
                    target_scale: list[float] | None = None) -> tuple[FeatureTransform, torch.Tensor]:
         """Fit on the training rows of x (events, features; physical units; all rows when rows is None) and
-        encode every row, staging each value once: (transform, exactly transform(x))."""
-        x = np.asarray(x, dtype=np.float64)
-        train = x if rows is None else x[rows]
+        encode every row: (transform, exactly transform(x)). Works feature by feature on contiguous columns
+        (pass x in Fortran order to avoid a copy), staging each value once and skipping maps a kind lacks."""
+        columns = torch.from_numpy(np.asfortranarray(x, dtype=np.float64)).t()  # (features, events), rows contiguous
+        train = torch.arange(columns.shape[1]) if rows is None else torch.from_numpy(np.flatnonzero(rows))
+        if len(train) == 0:
+            raise DataError("no training events to fit the feature transform on")
         transform = cls(kinds, target_scale=target_scale)
-        positive = transform._is("positive").numpy()
-        if np.any(train[:, positive] < 0):
-            bad = [k for k, p, neg in zip(range(x.shape[1]), positive, (train < 0).any(axis=0), strict=True)
-                   if p and neg]
-            raise DataError(f"features {bad} are declared positive but have negative values; declare them 'real'")
-        log_scale = np.ones(x.shape[1])
-        log_scale[positive] = np.maximum(np.median(train[:, positive], axis=0), 1e-6)
-        transform.log_scale.copy_(torch.from_numpy(log_scale))
-        staged = transform._stage(torch.from_numpy(x))
-        staged_train = (staged if rows is None else staged[torch.from_numpy(rows)]).numpy()
-        standardise = ~transform._is("angle").numpy()
-        mean = np.where(standardise, staged_train.mean(axis=0), 0.0)
-        std = np.where(standardise, staged_train.std(axis=0), 1.0)
-        transform.mean.copy_(torch.from_numpy(mean))
-        transform.std.copy_(torch.from_numpy(np.where(std > 0, std, 1.0)))
-        return transform, transform._normalise(staged)
+        staged, negative = torch.empty_like(columns), []
+        for j, kind in enumerate(kinds):
+            if kind == "positive":
+                fit_on = columns[j][train].numpy()
+                negative += [j] if (fit_on < 0).any() else []
+                transform.log_scale[j] = max(float(np.median(fit_on)), 1e-6)
+                torch.log1p(columns[j].clamp(min=0) / transform.log_scale[j], out=staged[j])
+            elif kind == "angle":
+                torch.div(columns[j], math.pi, out=staged[j])
+            else:
+                staged[j] = columns[j]
+            if kind != "angle":
+                transform.mean[j], transform.std[j] = _mean_std(staged[j][train].numpy())
+                staged[j].sub_(transform.mean[j]).div_(transform.std[j])
+        if negative:
+            raise DataError(f"features {negative} are declared positive but have negative values; declare them 'real'")
+        encoded = torch.empty(columns.shape[::-1], dtype=torch.float32)  # (events, features), row-major
+        encoded.t().copy_(staged)
+        return transform, encoded
 
     def _stage(self, x: torch.Tensor) -> torch.Tensor:
         """The kind-specific map before standardisation (elementwise selections: exportable to ONNX)."""

@@ -36,6 +36,13 @@ def test_fit_encode_fits_on_the_training_rows_and_encodes_every_row_as_the_trans
         torch.testing.assert_close(getattr(transform, name), getattr(on_train, name), rtol=1e-12, atol=0)
     torch.testing.assert_close(encoded, on_train(torch.from_numpy(x)), rtol=0, atol=1e-6)
     assert not torch.equal(transform.mean, FeatureTransform.fit(x, KINDS).mean)  # the rows matter
+    assert torch.equal(encoded, transform(torch.from_numpy(x)))  # bit for bit what predict and ONNX compute
+    assert encoded.is_contiguous()  # row-major: batches are gathered by rows
+    again, encoded_again = FeatureTransform.fit_encode(np.asfortranarray(x), KINDS, rows)  # the layout is no input
+    assert torch.equal(again.mean, transform.mean) and torch.equal(again.std, transform.std)
+    assert torch.equal(encoded_again, encoded)
+    with pytest.raises(DataError, match="no training events"):
+        FeatureTransform.fit_encode(x, KINDS, np.zeros(len(x), bool))
 
 
 def test_standardised_on_the_fit_sample_and_angles_scaled():
