@@ -6,7 +6,8 @@ becomes a separate sharp density of the continuous features for each count combi
 the mixture exactly as the report does (same training background, weights, resample and BIC choice) and twice
 more: with the counts dequantised (a uniform unit of noise added to each count: a continuous density of the
 same events; the scored events' density averaged over DRAWS noise draws) and with the counts left out. Each
-cell: AUC / eps_S at eps_B = 10^-2, beside the model's default score.
+cell: AUC / eps_S at eps_B = 10^-2, beside the model's default score. A second table says which events the
+report's mixture puts in its tail, by b-jet count.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from lit_vae.evaluation.report import scored_rows
 SIGNALS = {"c1n2_wh_500_100": "C1N2 500/100", "c1n2_wh_300_75": "C1N2 300/75"}
 REGIONS = ("preselection", "mid", "2-3b")
 DRAWS = 16
+B_JETS = "nBjet30_MV2c10"
 
 
 def mixture_nll(train_x: np.ndarray, train_w: np.ndarray, x: np.ndarray, kinds: list[str], seed: int,
@@ -51,12 +53,18 @@ def mixture_nll(train_x: np.ndarray, train_w: np.ndarray, x: np.ndarray, kinds: 
     return -(logsumexp(log_p, axis=0) - np.log(draws))
 
 
-def region_rows(path: Path, seed: int) -> list[str]:
+def region_rows(path: Path, seed: int) -> tuple[list[str], list[str]]:
+    """The region's rows of the method table, and of the tail table: the share of each sample's events (by
+    b-jet count) that the report's mixture puts in its 1 % background tail."""
     columns, metadata = read_events(path)
-    samples = columns["sample"].astype(str)
-    manifest, table, rows, features = scored_rows(samples, columns["event_number"], columns["configuration"],
-                                                  metadata, str(path))
-    train = training_background(table, metadata["data_split"], str(path))
+    samples = columns["sample"]
+    if np.issubdtype(samples.dtype, np.integer):  # ROOT score files store the index into sample_names
+        samples = np.array(metadata.get("sample_names", []))[samples]
+    samples = samples.astype(str)
+    configurations = columns.get("configuration", np.zeros(len(samples), np.int32))
+    manifest, table, rows, features = scored_rows(samples, columns["event_number"], configurations, metadata,
+                                                  str(path))
+    train = training_background(table, metadata.get("data_split") or {}, str(path))
     kinds = [manifest.feature(f).kind for f in features]
     count = np.array([k == "count" for k in kinds])
     x, w_train = table[features].to_numpy(np.float64), table["weight"].to_numpy(np.float64)[train]
@@ -68,15 +76,28 @@ def region_rows(path: Path, seed: int) -> list[str]:
         f"default score ({metadata.get('anomaly_score')})": columns["score"],
     }
     is_signal, weight = columns["label"] == 1, columns["weight"].astype(np.float64)
-    lines = []
+    methods = []
     for method, score in variants.items():
         cells = []
         for signal in SIGNALS:
             keep = ~is_signal | (samples == signal)
             block = anomaly_metrics(is_signal[keep].astype(int), score[keep], weight[keep])
             cells.append(f"{block['auc']:.3f} / {block['eff_s_at_eff_b_0.01']:.3f}")
-        lines.append(f"| {metadata['region']} | {method} | {' | '.join(cells)} |")
-    return lines
+        methods.append(f"| {metadata['region']} | {method} | {' | '.join(cells)} |")
+    mixture = variants["mixture (as in the report)"]
+    order = np.argsort(-mixture[~is_signal])
+    tail_weight = np.cumsum(weight[~is_signal][order]) / weight[~is_signal].sum()
+    threshold = mixture[~is_signal][order][np.searchsorted(tail_weight, 0.01)]  # eps_B = 10^-2
+    b_jets = x[rows][:, features.index(B_JETS)]
+    tails = []
+    for n in np.unique(b_jets):
+        cells = []
+        for group in (~is_signal, *(samples == signal for signal in SIGNALS)):
+            mine = group & (b_jets == n)
+            share = np.average(mixture[mine] > threshold, weights=weight[mine]) if mine.any() else np.nan
+            cells.append(f"{np.average(b_jets[group] == n, weights=weight[group]):.3f} / {share:.3f}")
+        tails.append(f"| {metadata['region']} | {n:.0f} | {' | '.join(cells)} |")
+    return methods, tails
 
 
 def main() -> None:
@@ -84,13 +105,18 @@ def main() -> None:
     parser.add_argument("--demo", default="runs/demo", help="a `make demo` output folder")
     parser.add_argument("--seed", type=int, default=0, help="the report's seed (`evaluate anomaly --seed`)")
     args = parser.parse_args()
-    print("| region | method | " + " | ".join(SIGNALS.values()) + " |")
-    print("|---|---|---|---|")
+    methods = ["| region | method | " + " | ".join(SIGNALS.values()) + " |", "|---|---|---|---|"]
+    tails = ["| region | b-jets | background | " + " | ".join(SIGNALS.values()) + " |", "|---|---|---|---|---|"]
     for region in REGIONS:
         path = Path(args.demo) / f"scores_{region}.parquet"
         if not path.is_file():
             raise SystemExit(f"{path}: no such file; run `make demo` first")
-        print("\n".join(region_rows(path, args.seed)))
+        more_methods, more_tails = region_rows(path, args.seed)
+        methods, tails = methods + more_methods, tails + more_tails
+    print("\n".join(methods))
+    print("\nEach sample's events by b-jet count: their share of the sample / the share of them in the report's "
+          "mixture's tail at eps_B = 10^-2 (weighted):\n")
+    print("\n".join(tails))
 
 
 if __name__ == "__main__":

@@ -23,12 +23,12 @@ ort = pytest.importorskip("onnxruntime")
 WH1LBB = "wh1lbb"  # the small Wh1Lbb samples (tests/conftest.py); else the shipped Zgamma sample
 MODELS = {
     "VAE": ("zgamma/vae.yaml", WH1LBB, []),
-    "VAE+D, flow prior": ("zgamma/vae_d.yaml", WH1LBB, ["--model.init_args.n_nodes", "16",
-                                                         "--model.init_args.prior", "flow"]),  # zuko splines
-    # anomaly_score: iwae (noise as an input); a Poisson head (lgamma) beside the discrete Gaussian; the thesis's
-    # learnable prior (the flow's graph is VAE+D's above: exporting a flow costs ~25 s a graph)
-    "likelihood VAE": ("wh1lbb/preselection.yaml", WH1LBB, ["--model.init_args.heads", "{njet30: poisson}",
-                                                            "--model.init_args.prior", "learnable"]),
+    "VAE+D, learnable prior": ("zgamma/vae_d.yaml", WH1LBB, ["--model.init_args.n_nodes", "16",
+                                                             "--model.init_args.prior", "learnable"]),
+    # the shipped config: a flow prior (zuko splines; ~25 s a graph to export), anomaly_score iwae (the flow's
+    # density of the importance samples, noise as an input); a Poisson head (lgamma) beside the discrete Gaussian
+    "likelihood VAE, flow prior": ("wh1lbb/preselection.yaml", WH1LBB, ["--model.init_args.heads",
+                                                                        "{njet30: poisson}"]),
     # derived features computed exactly and angles relative to a reference drawn at generation
     "VAE, physics setup": ("zgamma/vae.yaml", "zgamma", [
         "--data.init_args.derived_features", "exact", "--data.init_args.azimuth", "relative",
@@ -92,7 +92,7 @@ def test_the_exported_score_reproduces_pytorch_at_any_batch_size_and_in_the_tail
             assert close(got[output], want[output].numpy()), (output, got[output][:3], want[output][:3])
 
 
-@pytest.mark.parametrize("name", ["VAE", "VAE+D, flow prior", "VAE, physics setup"])
+@pytest.mark.parametrize("name", ["VAE", "VAE+D, learnable prior", "VAE, physics setup"])
 def test_the_exported_generator_gives_generates_events_for_the_same_noise(exported, name):
     ckpt, folder = exported[name]
     model = load_model(str(ckpt)).eval()
@@ -123,7 +123,7 @@ def test_the_exported_generator_gives_generates_events_for_the_same_noise(export
 
 
 def test_a_generator_that_samples_inside_the_network_is_not_exported_and_says_why(exported, capsys):
-    ckpt, folder = exported["likelihood VAE"]
+    ckpt, folder = exported["likelihood VAE, flow prior"]
     info = json.loads((folder / "model.json").read_text())
     assert info["generator"]["exported"] is False and "DensityHead" in info["generator"]["why"]
     assert not (folder / "generator.onnx").exists()

@@ -23,8 +23,8 @@ KIND_CODE = {kind: i for i, kind in enumerate(KINDS)}
 
 
 def _mean_std(values: np.ndarray) -> tuple[float, float]:
-    """Mean and standard deviation (1 where it is 0) of a float64 column, summed in event order (a running
-    sum, as numpy sums a row-major table's columns): a fitted transform's bits do not depend on the layout."""
+    """Mean and standard deviation (1 where it is 0) of a float64 column, summed in event order (running sums,
+    as numpy sums the columns of a row-major table): the fitted bits do not depend on the table's layout."""
     mean = np.cumsum(values)[-1] / len(values)
     deviation = values - mean
     std = math.sqrt(np.cumsum(deviation * deviation)[-1] / len(values))
@@ -66,11 +66,16 @@ class FeatureTransform(nn.Module):
         """Fit on the training rows of x (events, features; physical units; all rows when rows is None) and
         encode every row: (transform, exactly transform(x)). Works feature by feature on contiguous columns
         (pass x in Fortran order to avoid a copy), staging each value once and skipping maps a kind lacks."""
-        columns = torch.from_numpy(np.asfortranarray(x, dtype=np.float64)).t()  # (features, events), rows contiguous
-        train = torch.arange(columns.shape[1]) if rows is None else torch.from_numpy(np.flatnonzero(rows))
+        transform = cls(kinds, target_scale=target_scale)
+        x = np.asfortranarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != len(kinds):
+            raise DataError(f"a table of shape {x.shape} for {len(kinds)} feature kinds: give (events, features)")
+        if rows is not None and (np.asarray(rows).dtype != bool or len(rows) != len(x)):
+            raise DataError(f"rows must be a boolean mask over the {len(x)} events")
+        columns = torch.from_numpy(x).t()  # (features, events), each feature contiguous
+        train = torch.arange(len(x)) if rows is None else torch.from_numpy(np.flatnonzero(rows))
         if len(train) == 0:
             raise DataError("no training events to fit the feature transform on")
-        transform = cls(kinds, target_scale=target_scale)
         staged, negative = torch.empty_like(columns), []
         for j, kind in enumerate(kinds):
             if kind == "positive":

@@ -51,6 +51,9 @@ def gaussian_mixture(sample: np.ndarray, n_events: int, seed: int) -> GaussianMi
     """The full-covariance mixture of lowest BIC on the sample (components allowed while the parameters
     stay well below the n_events it was drawn from)."""
     n_features = sample.shape[1]
+    if (n_features + 1) ** 2 >= n_events:
+        raise DataError(f"{n_events} training background events are too few for a Gaussian mixture of {n_features} "
+                        "features")
     with warnings.catch_warnings():  # EM stopping at max_iter still gives a usable density; say nothing
         warnings.simplefilter("ignore", ConvergenceWarning)
         mixtures = [GaussianMixture(k, covariance_type="full", reg_covar=1e-4, max_iter=300,

@@ -36,13 +36,22 @@ def test_fit_encode_fits_on_the_training_rows_and_encodes_every_row_as_the_trans
         torch.testing.assert_close(getattr(transform, name), getattr(on_train, name), rtol=1e-12, atol=0)
     torch.testing.assert_close(encoded, on_train(torch.from_numpy(x)), rtol=0, atol=1e-6)
     assert not torch.equal(transform.mean, FeatureTransform.fit(x, KINDS).mean)  # the rows matter
-    assert torch.equal(encoded, transform(torch.from_numpy(x)))  # bit for bit what predict and ONNX compute
+    assert torch.equal(encoded, transform(torch.from_numpy(x)))  # bit for bit what `predict` computes
     assert encoded.is_contiguous()  # row-major: batches are gathered by rows
-    again, encoded_again = FeatureTransform.fit_encode(np.asfortranarray(x), KINDS, rows)  # the layout is no input
-    assert torch.equal(again.mean, transform.mean) and torch.equal(again.std, transform.std)
-    assert torch.equal(encoded_again, encoded)
+    # the fitted bits are numpy's mean and std over the row-major staged training table, whatever the layout
+    staged = transform._stage(torch.from_numpy(x[rows])).numpy()
+    assert np.array_equal(transform.mean.numpy()[[0, 1, 3]], staged.mean(axis=0)[[0, 1, 3]])
+    assert np.array_equal(transform.std.numpy()[[0, 1, 3]], staged.std(axis=0)[[0, 1, 3]])
+    for fortran, row_major in ((FeatureTransform.fit_encode(np.asfortranarray(x), KINDS, r),
+                                FeatureTransform.fit_encode(x, KINDS, r)) for r in (rows, None)):
+        assert torch.equal(fortran[0].mean, row_major[0].mean) and torch.equal(fortran[0].std, row_major[0].std)
+        assert torch.equal(fortran[1], row_major[1])
     with pytest.raises(DataError, match="no training events"):
         FeatureTransform.fit_encode(x, KINDS, np.zeros(len(x), bool))
+    with pytest.raises(DataError, match="boolean mask"):
+        FeatureTransform.fit_encode(x, KINDS, np.flatnonzero(rows))  # indices are not a mask
+    with pytest.raises(DataError, match="4 feature kinds"):
+        FeatureTransform.fit_encode(x[:, :3], KINDS)
 
 
 def test_standardised_on_the_fit_sample_and_angles_scaled():
