@@ -179,11 +179,15 @@ class DensityHead(Decoder):
         inverse_softplus = lambda s: torch.log(torch.expm1(torch.clamp(s, min=1e-2)))  # noqa: E731
         for j, head in enumerate(self.head_names):
             x, start = targets[:, j].double(), offsets[j]
-            if head == "clipped_lognormal":
+            if head in ("clipped_lognormal", "clipped_lognormal_mixture"):
                 above = x[x >= CLIP_THRESHOLD]
                 fraction = ((x < CLIP_THRESHOLD).double().mean()).clamp(1e-3, 1 - 1e-3)
-                log_x = torch.log(above) if len(above) else torch.zeros(1, dtype=x.dtype)
+                log_x = torch.log(above) if len(above) > 1 else torch.zeros(2, dtype=x.dtype)
                 values = [torch.logit(fraction), log_x.mean(), inverse_softplus(log_x.std())]
+                if head == "clipped_lognormal_mixture":  # equal weights, locations at the marginal's quantiles
+                    k = HEADS[head].components
+                    locations = torch.quantile(log_x, (torch.arange(k, dtype=x.dtype) + 0.5) / k)
+                    values = [values[0], *torch.zeros(k, dtype=x.dtype), *locations, *[values[2]] * k]
             elif head in ("gaussian", "discrete_gaussian"):
                 values = [x.mean(), inverse_softplus(x.std())]
             else:

@@ -76,13 +76,27 @@ def gaussian_log_prob(x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) ->
     return -0.5 * ((x - mu) / sigma) ** 2 - torch.log(sigma) - 0.5 * LOG_2PI
 
 
+def truncated_lognormal_log_prob(x, mu, sigma, threshold: float = CLIP_THRESHOLD) -> torch.Tensor:
+    """log of LogNormal(mu, sigma) truncated to x >= threshold (renormalised by its mass above the threshold);
+    x is clamped to the threshold, so values below it give a finite number the caller replaces."""
+    log_x = torch.log(torch.clamp(x, min=threshold))
+    log_above = log_ndtr((mu - math.log(threshold)) / sigma)  # log P(LogNormal >= threshold)
+    return gaussian_log_prob(log_x, mu, sigma) - log_x - log_above
+
+
 def clipped_lognormal_log_prob(x, fraction, mu, sigma, threshold: float = CLIP_THRESHOLD) -> torch.Tensor:
     """log f(x): a point mass `fraction` below threshold, and (1 - fraction) x LogNormal(mu, sigma) truncated
-    to x >= threshold (renormalised by its mass above the threshold, so that f integrates to 1)."""
-    safe = torch.clamp(x, min=threshold)
-    log_x = torch.log(safe)
-    log_above = log_ndtr((mu - math.log(threshold)) / sigma)  # log P(LogNormal >= threshold)
-    continuous = torch.log1p(-fraction) + gaussian_log_prob(log_x, mu, sigma) - log_x - log_above
+    to x >= threshold, so that f integrates to 1."""
+    continuous = torch.log1p(-fraction) + truncated_lognormal_log_prob(x, mu, sigma, threshold)
+    return torch.where(x < threshold, torch.log(fraction), continuous)
+
+
+def clipped_lognormal_mixture_log_prob(x, fraction, log_weights, mu, sigma,
+                                       threshold: float = CLIP_THRESHOLD) -> torch.Tensor:
+    """The clipped log-normal with a mixture of truncated log-normals above the threshold: log_weights, mu and
+    sigma carry the components in a last dimension (log_weights normalised, e.g. by log_softmax)."""
+    components = log_weights + truncated_lognormal_log_prob(x.unsqueeze(-1), mu, sigma, threshold)
+    continuous = torch.log1p(-fraction) + torch.logsumexp(components, dim=-1)
     return torch.where(x < threshold, torch.log(fraction), continuous)
 
 
@@ -161,6 +175,16 @@ class LearnablePrior(nn.Module):
 
 # --- Per-feature heads: raw decoder outputs -> parameters -> log-density and samples ------------------
 
+def truncated_lognormal_sample(mu: torch.Tensor, sigma: torch.Tensor,
+                               generator: torch.Generator | None = None) -> torch.Tensor:
+    """LogNormal(mu, sigma) truncated to x >= CLIP_THRESHOLD by inversion from the upper tail
+    (z = -ndtri(v * Phi(-a)) >= a, a = (ln threshold - mu) / sigma); reparameterised in mu and sigma."""
+    v = torch.rand(mu.shape, generator=generator, device=mu.device).clamp_min(torch.finfo(mu.dtype).tiny)
+    lowest = (math.log(CLIP_THRESHOLD) - mu) / sigma
+    z = torch.maximum(-torch.special.ndtri(v * torch.special.ndtr(-lowest)), lowest)
+    return torch.exp(mu + sigma * z)
+
+
 class Head:
     """A family of per-feature distributions: how many raw outputs, their activations, density, sampler."""
 
@@ -211,20 +235,48 @@ class ClippedLogNormalHead(Head):
         return clipped_lognormal_log_prob(x, *self.params(raw))
 
     def sample(self, raw, generator=None):
-        """0 with probability fraction, else the log-normal truncated to x >= threshold (inverse CDF from
-        the upper tail: z = -ndtri(u * Phi(-a)) >= a, a = (ln threshold - mu) / sigma)."""
+        """0 with probability fraction, else the log-normal truncated to x >= threshold."""
         fraction, mu, sigma = self.params(raw)
         u = torch.rand(mu.shape, generator=generator, device=mu.device)
-        v = torch.rand(mu.shape, generator=generator, device=mu.device).clamp_min(torch.finfo(mu.dtype).tiny)
-        lowest = (math.log(CLIP_THRESHOLD) - mu) / sigma
-        z = torch.maximum(-torch.special.ndtri(v * torch.special.ndtr(-lowest)), lowest)
-        value = torch.exp(mu + sigma * z)
+        value = truncated_lognormal_sample(mu, sigma, generator)
         return torch.where(u < fraction, torch.zeros_like(value), value)
 
     def surrogate(self, raw):
         """The point mass's choice: more mass at 0 lowers the mean by fraction x the log-normal mean."""
         fraction, mu, sigma = self.params(raw)
         return -fraction * torch.exp(mu + sigma**2 / 2).detach()
+
+
+class ClippedLogNormalMixtureHead(Head):
+    """The clipped log-normal with `components` truncated log-normals above the threshold: for features
+    whose conditional density has an edge or several modes (mT's Jacobian peak at m_W, its ttbar tail)."""
+
+    def __init__(self, components: int = 3):
+        self.components = components
+        self.n_params = 1 + 3 * components
+
+    def params(self, raw):
+        k = self.components
+        fraction = torch.sigmoid(raw[..., 0]).clamp(1e-6, 1 - 1e-6)
+        log_weights = torch.log_softmax(raw[..., 1:1 + k], dim=-1)
+        return fraction, log_weights, raw[..., 1 + k:1 + 2 * k], positive(raw[..., 1 + 2 * k:])
+
+    def log_prob(self, x, raw):
+        return clipped_lognormal_mixture_log_prob(x, *self.params(raw))
+
+    def sample(self, raw, generator=None):
+        """0 with probability fraction, else a component drawn by its weight and its truncated log-normal."""
+        fraction, log_weights, mu, sigma = self.params(raw)
+        u = torch.rand(fraction.shape, generator=generator, device=raw.device)
+        pick = torch.rand(fraction.shape, generator=generator, device=raw.device).unsqueeze(-1)
+        index = (log_weights.exp().cumsum(-1) < pick).sum(-1, keepdim=True).clamp_max(self.components - 1)
+        value = truncated_lognormal_sample(mu.gather(-1, index), sigma.gather(-1, index), generator).squeeze(-1)
+        return torch.where(u < fraction, torch.zeros_like(value), value)
+
+    def surrogate(self, raw):
+        """The discrete choices (point mass, component): their gradient through the mean of the density."""
+        fraction, log_weights, mu, sigma = self.params(raw)
+        return (1 - fraction) * (log_weights.exp() * torch.exp(mu + sigma**2 / 2).detach()).sum(-1)
 
 
 class DiscreteGaussianHead(Head):
@@ -317,7 +369,7 @@ class VonMisesHead(Head):
 HEADS: dict[str, Head] = {
     "gaussian": GaussianHead(), "clipped_lognormal": ClippedLogNormalHead(),
     "discrete_gaussian": DiscreteGaussianHead(), "bernoulli": BernoulliHead(), "poisson": PoissonHead(),
-    "von_mises": VonMisesHead(),
+    "von_mises": VonMisesHead(), "clipped_lognormal_mixture": ClippedLogNormalMixtureHead(),
 }
 DEFAULT_HEAD = {"positive": "clipped_lognormal", "count": "discrete_gaussian", "real": "gaussian",
                 "angle": "von_mises"}

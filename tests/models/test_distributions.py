@@ -11,6 +11,7 @@ from lit_vae.models.distributions import (
     HEADS,
     LearnablePrior,
     clipped_lognormal_log_prob,
+    clipped_lognormal_mixture_log_prob,
     discrete_gaussian_log_prob,
     kl_diagonal_gaussians,
     kl_standard_normal,
@@ -125,6 +126,50 @@ def test_clipped_lognormal_samples_follow_the_density():
     assert (samples == 0).double().mean().item() == pytest.approx(fraction.item(), abs=0.01)
     lognormal = stats.lognorm(s=sigma.item(), scale=np.exp(3.0))
     assert stats.kstest(samples[samples > 0].numpy(), lognormal.cdf).pvalue > 1e-3
+
+
+MIXTURE_RAW = torch.tensor([-1.5, 0.3, -0.4, 0.0, 3.0, 4.4, np.log(1e-4) + 0.5, 0.2, -0.3, 0.6])  # (f, w, mu, sigma)
+
+
+def truncated_lognormal_mixture(raw: torch.Tensor):
+    """scipy's version of the mixture head's continuous part: weights, frozen log-normals, their mass above 1e-4."""
+    fraction, log_weights, mu, sigma = HEADS["clipped_lognormal_mixture"].params(raw)
+    parts = [stats.lognorm(s=s, scale=np.exp(m)) for m, s in zip(mu.tolist(), sigma.tolist(), strict=True)]
+    return fraction.item(), log_weights.exp().numpy(), parts
+
+
+def test_clipped_lognormal_mixture_matches_scipy_is_normalised_and_reduces_to_one_component():
+    fraction, weights, parts = truncated_lognormal_mixture(MIXTURE_RAW)
+    x = torch.tensor([1e-6, 2e-4, 0.7, 20.0, 90.0, 400.0])
+    got = HEADS["clipped_lognormal_mixture"].log_prob(x, MIXTURE_RAW.expand(len(x), -1)).numpy()
+    continuous = sum(w * p.pdf(x.numpy()) / p.sf(1e-4) for w, p in zip(weights, parts, strict=True))
+    np.testing.assert_allclose(got[1:], np.log((1 - fraction) * continuous[1:]), atol=1e-7)  # log_ndtr: 1.2e-7
+    assert got[0] == pytest.approx(np.log(fraction))
+    edges = [1e-4, 1e-3, 20.0, 80.0, np.inf]  # around the three components' modes
+    def density(v: float) -> float:
+        return np.exp(HEADS["clipped_lognormal_mixture"].log_prob(torch.tensor([v]), MIXTURE_RAW[None]).item())
+    cont = sum(integrate.quad(density, a, b, limit=400)[0] for a, b in zip(edges[:-1], edges[1:], strict=True))
+    assert fraction + cont == pytest.approx(1.0, abs=1e-6)
+    # one component is the clipped log-normal itself
+    f, mu, sigma = torch.tensor(0.2), torch.tensor([1.1]), torch.tensor([0.7])
+    np.testing.assert_allclose(clipped_lognormal_mixture_log_prob(x, f, torch.zeros(1), mu, sigma).numpy(),
+                               clipped_lognormal_log_prob(x, f, mu[0], sigma[0]).numpy(), rtol=1e-12)
+
+
+def test_clipped_lognormal_mixture_samples_follow_the_density():
+    samples = draw("clipped_lognormal_mixture", MIXTURE_RAW)
+    fraction, weights, parts = truncated_lognormal_mixture(MIXTURE_RAW)
+    assert (samples == 0).double().mean().item() == pytest.approx(fraction, abs=0.01)
+    above = samples[samples > 0].numpy()
+    assert above.min() >= 1e-4
+
+    def cdf(v):
+        return sum(w * (p.cdf(v) - p.cdf(1e-4)) / p.sf(1e-4) for w, p in zip(weights, parts, strict=True))
+    assert stats.kstest(above, cdf).pvalue > 1e-3
+    # the straight-through sample carries the component weights' and the point mass's gradient
+    raw = MIXTURE_RAW.expand(256, -1).clone().requires_grad_()
+    HEADS["clipped_lognormal_mixture"].rsample(raw, torch.Generator().manual_seed(1)).sum().backward()
+    assert torch.all(raw.grad[:, :4].abs().sum(0) > 0) and torch.all(raw.grad[:, 4:].abs().sum(0) > 0)
 
 
 def test_poisson_samples_have_the_rate():

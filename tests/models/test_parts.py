@@ -307,3 +307,25 @@ def test_an_importance_weighted_score_needs_a_density_decoder():
     scores = mse.score(batch)
     torch.testing.assert_close(scores["score"], scores["recon"])
     assert "iwae" not in scores
+
+
+@pytest.mark.parametrize("decoder", ["likelihood", "autoregressive"])
+def test_a_mixture_head_starts_at_the_marginal_quantiles_and_scores_in_either_density_decoder(decoder):
+    """heads: {feature: clipped_lognormal_mixture}: equal weights, locations at the training marginal's
+    (k + 1/2)/K quantiles of log x; the decoder's nll is that head's log-density of the target."""
+    generator = torch.Generator().manual_seed(3)
+    target = torch.cat([torch.zeros(50), torch.exp(3 + 0.5 * torch.randn(950, generator=generator))])[:, None]
+    model = LikelihoodVAE(n_features=1, feature_names=["mt"], feature_kinds=["positive"], decoder=decoder,
+                          heads={"mt": "clipped_lognormal_mixture"}, n_nodes=8)
+    model.decoder.initialise_output_bias(target)
+    bias = model.decoder.net[-1].bias.detach().double()
+    k = HEADS["clipped_lognormal_mixture"].components
+    log_x = np.log(target[50:, 0].double().numpy())
+    assert bias[0].item() == pytest.approx(np.log(0.05 / 0.95), rel=1e-5)
+    np.testing.assert_allclose(bias[1:1 + k].numpy(), 0.0)
+    np.testing.assert_allclose(bias[1 + k:1 + 2 * k].numpy(), np.quantile(log_x, (np.arange(k) + 0.5) / k), rtol=1e-5)
+    z, x = torch.randn(4, model.hparams.latent_dim, generator=generator), target[:4]
+    raw = model.decoder.raw_parameters(z, torch.log1p(x))[0]
+    terms = model.decoder.terms(z, {"x": torch.log1p(x), "target": x}, transform=None)
+    np.testing.assert_allclose(terms["nll"].detach().numpy(),
+                               -HEADS["clipped_lognormal_mixture"].log_prob(x[:, 0], raw).detach().numpy(), rtol=1e-6)
