@@ -26,9 +26,11 @@ MODELS = {
     "VAE+D, learnable prior": ("zgamma/vae_d.yaml", WH1LBB, ["--model.init_args.n_nodes", "16",
                                                              "--model.init_args.prior", "learnable"]),
     # the shipped config: a flow prior (zuko splines; ~25 s a graph to export), anomaly_score iwae (the flow's
-    # density of the importance samples, noise as an input); a Poisson head (lgamma) beside the discrete Gaussian
-    "likelihood VAE, flow prior": ("wh1lbb/preselection.yaml", WH1LBB, ["--model.init_args.heads",
-                                                                        "{njet30: poisson}"]),
+    # density of the importance samples, noise as an input), a joint decoder with log-normal mixtures; a Poisson
+    # head (lgamma) beside the discrete Gaussian
+    "likelihood VAE, flow prior": ("wh1lbb/preselection.yaml", WH1LBB, ["--model.init_args.heads", "{njet30: poisson, "
+                                   + ", ".join(f"{n}: clipped_lognormal_mixture" for n in ("met", "mt", "mbb", "mct2",
+                                                                                          "mlb1", "lep1Pt")) + "}"]),
     # derived features computed exactly and angles relative to a reference drawn at generation
     "VAE, physics setup": ("zgamma/vae.yaml", "zgamma", [
         "--data.init_args.derived_features", "exact", "--data.init_args.azimuth", "relative",
