@@ -95,8 +95,9 @@ def test_wandb_agent_arguments_reach_the_model():
                      "--model.init_args.learning_rate=0.0003", "--data.init_args.batch_size=64",
                      "--model.init_args.latent_dim=3", "--data.init_args.min_events=0"], run=False)
     model = cli.model
-    assert type(model.decoder).__name__ == "DensityHead"  # the preset's head, not the base class's
+    assert type(model.decoder).__name__ == "AutoregressiveDensityHead"  # the config's decoder, not the preset's
     assert type(model.prior).__name__ == "FlowPrior"  # the config's choice over the preset's learnable Gaussian
+    assert model.decoder.head_names == ["clipped_lognormal_mixture"] * 6 + ["discrete_gaussian"] * 2  # its heads
     weights = dict(zip(model.feature_names, model.decoder.feature_weight.tolist(), strict=True))
     assert weights["met"] == 2.0 and weights["mt"] == 0.5 and weights["mbb"] == 1.0
     assert model.activation == "tanh" and model.learning_rate == pytest.approx(3e-4) and model.latent_dim == 3
