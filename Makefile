@@ -39,7 +39,7 @@ samples: install
 	$(MC) zgamma --events $(call N,25000) --seed 107 --jobs $(JOBS) --out data/zgamma_test.root
 	$(MC) hzg --mass 150 --events $(call N,20000) --seed 102 --jobs $(JOBS) --out data/hzg150_sig.root
 	$(MC) ttbar --fast --events $(call N,40000) --seed 103 --jobs $(JOBS) --out data/ttbar_1l.root
-	$(MC) wjets --fast --events $(call N,10000) --seed 104 --jobs $(JOBS) --out data/wjets_1l.root
+	$(MC) wjets --fast --events $(call N,40000) --seed 104 --jobs $(JOBS) --out data/wjets_1l.root
 	$(MC) c1n2_wh --mass-c1n2 500 --mass-lsp 100 --events $(call N,10000) --seed 105 --jobs $(JOBS) --out data/c1n2_wh_500_100.root
 	$(MC) c1n2_wh --mass-c1n2 300 --mass-lsp 75 --events $(call N,10000) --seed 106 --jobs $(JOBS) --out data/c1n2_wh_300_75.root
 

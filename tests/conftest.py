@@ -29,7 +29,7 @@ def wh1lbb_inputs(produce_sample):
     """Small real one-lepton samples (the ones the producer tests make) for data-layer tests."""
     return {
         "ttbar": produce_sample("ttbar", 40, fast=True)[2],
-        "wjets": produce_sample("wjets", 40, fast=True)[2],
+        "wjets": produce_sample("wjets", 40, fast=True, tag_floor=0.0)[2],  # every tag configuration
         "c1n2_wh": produce_sample("c1n2_wh", 40, mass_c1n2=500.0, mass_lsp=100.0)[2],
     }
 

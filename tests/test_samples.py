@@ -19,7 +19,7 @@ MINIMUM_EVENTS = {
     "zgamma_test.root": 25_000,
     "hzg150_sig.root": 20_000,
     "ttbar_1l.root": 40_000,
-    "wjets_1l.root": 10_000,
+    "wjets_1l.root": 40_000,
     "c1n2_wh_500_100.root": 10_000,
     "c1n2_wh_300_75.root": 10_000,
 }
@@ -52,6 +52,8 @@ def test_file_was_made_by_its_makefile_command(name):
     request = read_root_metadata(DATA / name)["request"]
     for key in ("process", "events", "seed", "fast", "truth_tag", "mass", "mass_c1n2", "mass_lsp", "batch_size"):
         assert request[key] == getattr(args, key), key
+    if read_root_metadata(DATA / name)["truth_tagging"]:  # the thinning of its truth-tag rows
+        assert request["tag_floor"] == args.tag_floor
     assert request.get("veto", True) is True and not request["extra_settings"]  # files older than the option
 
 

@@ -325,6 +325,18 @@ def anomaly_metrics(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray,
     return out
 
 
+def tail_composition(scores: np.ndarray, weights: np.ndarray, samples: np.ndarray,
+                     eff_b: float = 1e-2) -> dict[str, float]:
+    """Each background sample's share of the weight in the background's tail: the highest-scored events
+    that first hold eff_b of the total weight (eff_b = 1: each sample's share of the whole background).
+    Read without signals, it says which process a score finds least typical."""
+    order = np.argsort(-scores, kind="stable")
+    covered = np.cumsum(weights[order]) / weights.sum()
+    tail = order[: min(int(np.searchsorted(covered, eff_b * (1 - 1e-12))) + 1, len(order))]
+    total = weights[tail].sum()
+    return {str(name): float(weights[tail][samples[tail] == name].sum() / total) for name in np.unique(samples)}
+
+
 def bootstrap_intervals(fn: Callable[..., dict[str, float]], labels: np.ndarray, scores: np.ndarray,
                         weights: np.ndarray, n_boot: int = 100, seed: int = 0,
                         groups: np.ndarray | None = None) -> dict[str, tuple[float, float]]:

@@ -453,6 +453,11 @@ def evaluate_anomaly(scores: Sequence[str], out: str, labels: Sequence[str] | No
                  "yields_pb": yields, "default": default, "baselines": fitted, "signals": {}}
         if "iwae" in columns:  # the model's quality on held-out background, read without any signal
             entry["background_nll"] = float(np.average(columns["iwae"][~is_signal], weights=weight[~is_signal]))
+        background = ~is_signal  # which process fills each background-only score's 1 % tail, beside its share
+        entry["tail_composition"] = {
+            "all background": m.tail_composition(score[background], weight[background], samples[background], 1.0),
+            **{name: m.tail_composition(values[background], weight[background], samples[background])
+               for name, values in {default: score, **suite, **baselines}.items()}}
         distributions = {s: (score[samples == s], weight[samples == s]) for s in yields}
         score_figs.append(save_figure(plots.score_distributions(distributions), out_dir, f"scores_{label}"))
         for signal in tqdm(sorted(set(samples[is_signal])), desc=f"evaluating {label}", unit="signal"):
@@ -500,6 +505,12 @@ def evaluate_anomaly(scores: Sequence[str], out: str, labels: Sequence[str] | No
         sections.append(("Held-out background density", html_table(quality) + "<p class='note'>-log p(x) of the "
                          "held-out background (IWAE, weighted mean, nats per event; lower: the model describes the "
                          "background better). The background-only yardstick by which models are chosen.</p>"))
+    tails = [{"scores": label, "region": e["region"], "method": method, **shares}
+             for label, e in results.items() for method, shares in e["tail_composition"].items()]
+    sections.append(("What fills the background's 1 % tail", html_table(tails) + "<p class='note'>Each background "
+                     "sample's share of the weight among the highest-scored held-out background events that hold "
+                     "1 % of it, per background-only score ('all background': its share of the whole). A process "
+                     "far above its share is the one a score finds least typical: read without signals.</p>"))
     if efficiency_rows:
         sections.append((f"Regions relative to {base_region}",
                          html_table(efficiency_rows) + "<p class='note'>eff: the region's yield over the base "

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from lit_vae.errors import ConfigError, LitVAEError, OutputError
+from lit_vae.mc.analyses import TAG_FLOOR
 from lit_vae.mc.processes import PROCESS_NAMES
 
 
@@ -35,6 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     tag.add_argument("--truth-tag", dest="truth_tag", action="store_true", default=None,
                      help="truth-tag b-jets (default for wjets)")
     tag.add_argument("--no-truth-tag", dest="truth_tag", action="store_false", help="tag every jet directly")
+    parser.add_argument("--tag-floor", type=float, default=TAG_FLOOR, metavar="P",
+                        help=f"truth-tag rows less probable than P are kept with probability p/P at weight P "
+                             f"(unbiased thinning; default {TAG_FLOOR}, 0 keeps every row)")
     parser.add_argument("--no-veto", dest="veto", action="store_false",
                         help="switch the process-level veto off (to validate it; much slower)")
     parser.add_argument("--mass", type=float, default=150.0, help="hzg: scalar mass in GeV (default 150)")
@@ -55,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--jobs must be between 1 and 255, got {args.jobs}")
     if not 0 <= args.seed < 2**20:
         parser.error(f"--seed must be between 0 and {2**20 - 1}, got {args.seed}")
+    if not 0 <= args.tag_floor < 1:
+        parser.error(f"--tag-floor must be a probability in [0, 1), got {args.tag_floor}")
     if args.batch_size < 1 or args.chunk_events < 1:
         parser.error(f"--batch-size and --chunk-events must be positive, got {args.batch_size}, {args.chunk_events}")
     try:
@@ -108,9 +114,9 @@ def main(argv: list[str] | None = None) -> int:
 
     request = Request(
         process=args.process, events=args.events, out=args.out, seed=args.seed, jobs=args.jobs,
-        fast=args.fast, truth_tag=args.truth_tag, veto=args.veto, mass=args.mass, mass_c1n2=args.mass_c1n2,
-        mass_lsp=args.mass_lsp, batch_size=args.batch_size, extra_settings=tuple(args.extra_settings),
-        chunk_events=args.chunk_events, part=args.part,
+        fast=args.fast, truth_tag=args.truth_tag, tag_floor=args.tag_floor, veto=args.veto, mass=args.mass,
+        mass_c1n2=args.mass_c1n2, mass_lsp=args.mass_lsp, batch_size=args.batch_size,
+        extra_settings=tuple(args.extra_settings), chunk_events=args.chunk_events, part=args.part,
     )
     try:
         check_output(args.out)

@@ -33,6 +33,9 @@ ONE_LEPTON_PT_MIN = 27.0
 JET30_PT_MIN = 30.0
 NJET30_RANGE = (2, 3)
 NBJET_RANGE = (1, 3)
+# Truth-tag rows less probable than this are thinned by Russian roulette (`thin_rows`): light-jet mistags
+# (~1e-2 each), 95 % of the W + jets rows; a quarter of them stay, and 99 % of the effective event count.
+TAG_FLOOR = 0.02
 MET_MIN = 220.0
 MT_MIN = 50.0
 
@@ -114,8 +117,17 @@ def tag_configurations(tag_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return configs, prob
 
 
+def thin_rows(factor: np.ndarray, floor: float, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Russian roulette on small row weights: a row of weight factor < floor survives with probability
+    factor / floor (u uniform in [0, 1)) and then weighs floor; others are kept as they are. Every row's
+    expected weight is unchanged (unbiased), the rows are far fewer and the effective count barely moves.
+    Returns (kept rows mask, their weights)."""
+    keep = u * floor < factor
+    return keep, np.maximum(factor[keep], floor)
+
+
 def one_lepton_columns(
-    obj: Objects, rng: np.random.Generator, det: Detector, *, truth_tagging: bool
+    obj: Objects, rng: np.random.Generator, det: Detector, *, truth_tagging: bool, tag_floor: float = 0.0
 ) -> tuple[np.ndarray, dict, np.ndarray]:
     """Thesis preselection and training features; returns (event index of each row, columns per row,
     weight factor per row).
@@ -125,9 +137,10 @@ def one_lepton_columns(
     jets with 1-3 b-tags and a non-zero probability, weighted by that probability: the rows of an event
     share its id, differ in `tag_config` (the bitmask of tagged jets) and their weights sum to the event's
     weight times its probability to pass the b-tag requirement, so every region (2-3b included) gets
-    W + jets rows. mbb and mct2 use the two leading b-tagged jets; with exactly one b-tag, the leading b-jet
-    and the leading untagged jet (b2_pt is then that jet's pT). mlb1 is the mass of the lepton and leading
-    b-jet.
+    W + jets rows. With tag_floor > 0 the rows of probability below it are thinned (`thin_rows`; the
+    sum is then that weight on average). mbb and mct2 use the two leading b-tagged jets; with exactly one
+    b-tag, the leading b-jet and the leading untagged jet (b2_pt is then that jet's pT). mlb1 is the mass of
+    the lepton and leading b-jet.
     """
     n = len(obj.met)
     leptons = obj.leptons
@@ -168,7 +181,11 @@ def one_lepton_columns(
     order = np.argsort(row_event, kind="stable")  # rows grouped by event, configurations in bitmask order
     columns = {k: np.concatenate([c[k] for c in columns])[order] for k in columns[0]}
     names = (*ONE_LEPTON_FEATURES, *ONE_LEPTON_EXTRA, *((TAG_CONFIG,) if truth_tagging else ()))
-    return row_event[order], {k: columns[k] for k in names}, np.concatenate(factors)[order]
+    row_event, columns, factor = row_event[order], {k: columns[k] for k in names}, np.concatenate(factors)[order]
+    if truth_tagging and tag_floor > 0:  # drawn last: the streams of everything before stay as they were
+        keep, factor = thin_rows(factor, tag_floor, rng.random(len(factor)))
+        row_event, columns = row_event[keep], {k: v[keep] for k, v in columns.items()}
+    return row_event, columns, factor
 
 
 def _tagged_columns(tags: np.ndarray, jet: dict, lep: dict) -> dict[str, np.ndarray]:

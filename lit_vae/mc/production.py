@@ -61,6 +61,7 @@ class Request:
     jobs: int = 1
     fast: bool = False
     truth_tag: bool | None = None  # None: the process's default (on for wjets)
+    tag_floor: float = analyses.TAG_FLOOR  # truth-tag rows below this probability are thinned (0: keep all)
     veto: bool = True  # the process-level veto; off only to validate that it changes nothing selected
     mass: float = 150.0
     mass_c1n2: float = 500.0
@@ -151,7 +152,7 @@ def run_chunk(request: Request, chunk: int, quota: int, progress=None) -> JobRes
                 rows, factor = np.flatnonzero(mask), np.ones(int(mask.sum()))
             else:
                 rows, columns, factor = analyses.one_lepton_columns(
-                    objects, rng, DETECTOR, truth_tagging=truth_tagging
+                    objects, rng, DETECTOR, truth_tagging=truth_tagging, tag_floor=request.tag_floor
                 )
             chunks.append(columns)
             factors.append(factor)
@@ -337,6 +338,7 @@ def assemble(request: Request, process: Process, results: list[JobResult]) -> tu
         "mpi": not request.fast,
         "fast": request.fast,
         "truth_tagging": truth_tagging,
+        "truth_tag_floor": request.tag_floor if truth_tagging else None,
         "veto_invisible_pt_min_gev": process.invisible_pt_min if request.veto else None,
         "veto_visible_eta_max": process.visible_eta_max if request.veto else None,
         "sigma_pb": sigma_mb * MB_TO_PB,

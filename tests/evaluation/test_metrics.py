@@ -152,6 +152,20 @@ def test_weights_count_like_repeated_events_and_unresolvable_efficiencies_are_na
     assert np.isnan(weighted["eff_s_at_eff_b_0.01"])  # 6 background events cannot resolve 1 %
 
 
+def test_tail_composition_matches_the_closed_form_of_two_gaussian_samples(rng):
+    """Background a ~ N(0, 1) at weight 1 and b ~ N(1, 1) at weight 0.5: the 1 % tail starts at the t where
+    sf(t) + 0.5 sf(t - 1) = 0.015, and b's share there is 0.5 sf(t - 1) / 0.015; at eff_b = 1, 1/3."""
+    n = 400_000
+    scores = np.concatenate([rng.normal(0, 1, n), rng.normal(1, 1, n)])
+    weights, samples = np.repeat([1.0, 0.5], n), np.repeat(["a", "b"], n)
+    t = optimize.brentq(lambda c: stats.norm.sf(c) + 0.5 * stats.norm.sf(c - 1) - 0.015, 0, 6)
+    tail = m.tail_composition(scores, weights, samples)
+    assert tail["b"] == pytest.approx(0.5 * stats.norm.sf(t - 1) / 0.015, abs=0.01)
+    assert tail["a"] + tail["b"] == pytest.approx(1.0)
+    whole = m.tail_composition(scores, weights, samples, eff_b=1.0)
+    assert whole["b"] == pytest.approx(1 / 3, rel=1e-9)
+
+
 def test_bootstrap_interval_brackets_the_value(rng):
     labels = np.repeat([0, 1], 2000)
     scores = np.concatenate([rng.normal(0, 1, 2000), rng.normal(0.5, 1, 2000)])

@@ -148,6 +148,15 @@ def test_anomaly_metrics_and_region_efficiencies_agree_with_direct_computations(
     assert metrics["scores"]["preselection"]["background_nll"] == pytest.approx(
         (table["iwae"][background] * table["weight"][background]).sum() / table["weight"][background].sum(), rel=1e-6)
     assert "Held-out background density" in (out / "report.html").read_text()
+    tails = metrics["scores"]["preselection"]["tail_composition"]  # the 1 % of background weight at highest mt
+    bg = table[background].sort_values("score", ascending=False, kind="stable")
+    top = bg[bg["weight"].cumsum() < 0.01 * bg["weight"].sum() * (1 - 1e-12)]
+    top = bg.iloc[: len(top) + 1]
+    for name, share in tails["default score (total)"].items():
+        assert share == pytest.approx(top["weight"][top["sample"] == name].sum() / top["weight"].sum())
+    assert tails["all background"]["wjets"] == pytest.approx(
+        bg["weight"][bg["sample"] == "wjets"].sum() / bg["weight"].sum())
+    assert set(tails) >= {"all background", "score: kl", *BASELINES}
     for baseline in BASELINES:  # fitted on the training background of met, mt, mbb: they see the signal
         assert 0.6 < block[baseline]["auc"] < 1, baseline
     assert block["best cut: mt"]["auc"] == pytest.approx(expected)  # mt is the best single variable here

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from lit_vae.errors import ConfigError
-from lit_vae.mc.analyses import four_vector, invariant_mass, met_trigger_efficiency, tag_configurations
+from lit_vae.mc.analyses import four_vector, invariant_mass, met_trigger_efficiency, tag_configurations, thin_rows
 from lit_vae.mc.detector import DETECTOR
 from lit_vae.mc.processes import c1n2_wh, write_slha
 from lit_vae.mc.reconstruction import delta_phi, hadron_quark_content
@@ -47,6 +47,23 @@ def test_truth_tag_reproduces_direct_tagging_on_average():
         plain = (direct.sum(axis=1) == n).mean()
         assert truth == pytest.approx(plain, abs=4e-3)
     assert stats.binomtest(int((direct.sum(axis=1) >= 1).sum()), len(p), prob.sum()).pvalue > 1e-3
+
+
+def test_thinning_keeps_every_rows_expected_weight():
+    """Russian roulette: rows at or above the floor are kept as they are; a row of weight f below it
+    survives with probability f / floor (binomial test) at weight floor, so its expected weight is f."""
+    rng = np.random.default_rng(3)
+    factor = np.tile([0.5, 0.02, 0.01, 0.001], 100_000)
+    keep, weight = thin_rows(factor, 0.02, rng.random(len(factor)))
+    np.testing.assert_array_equal(weight, np.maximum(factor[keep], 0.02))
+    for f in (0.5, 0.02):
+        assert keep[factor == f].all()
+    for f in (0.01, 0.001):
+        rows = factor == f
+        assert stats.binomtest(int(keep[rows].sum()), int(rows.sum()), f / 0.02).pvalue > 1e-3
+        expected, kept_weight = f * rows.sum(), weight[factor[keep] == f].sum()
+        assert kept_weight == pytest.approx(expected, rel=5 * np.sqrt((0.02 / f - 1) / rows.sum()))
+    assert thin_rows(factor, 0.0, rng.random(len(factor)))[0].all()  # floor 0: every row
 
 
 def test_trigger_turn_on():

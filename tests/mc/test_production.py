@@ -116,7 +116,7 @@ def test_one_lepton_preselection_holds_on_every_event(produce_sample, process, o
 
 
 def test_wjets_truth_tagging_reweights(produce_sample):
-    ev, meta, _ = produce_sample("wjets", 40, fast=True)
+    ev, meta, _ = produce_sample("wjets", 40, fast=True, tag_floor=0.0)
     assert meta["truth_tagging"] is True
     base = meta["sigma_pb"] / meta["events_generated"]
     factor = ev["weight"] / base
@@ -130,6 +130,14 @@ def test_wjets_truth_tagging_reweights(produce_sample):
     assert len(per_event) == 40 and np.all((per_event > 0) & (per_event <= 1.0 + 1e-6))
     assert np.median(per_event) < 0.5
     assert (ev["nBjet30_MV2c10"] >= 2).sum() > 40  # 2-3b rows from most events: the point of truth-tagging
+
+
+def test_wjets_thinned_rows_weigh_at_least_the_floor(produce_sample):
+    """With the default floor, no truth-tag row weighs less than it, and the floor is recorded."""
+    ev, meta, _ = produce_sample("wjets", 40, fast=True)
+    assert meta["truth_tag_floor"] == meta["request"]["tag_floor"] == 0.02
+    factor = ev["weight"] / (meta["sigma_pb"] / meta["events_generated"])
+    assert factor.min() >= 0.02 * (1 - 1e-6) and len(np.unique(ev["event_number"])) == 40
 
 
 def test_metadata_is_complete(produce_sample):
@@ -153,6 +161,7 @@ def _run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("args, expected", [
     (["zprime", "--events", "10", "--out", "x.root"], "invalid choice: 'zprime'"),
     (["zgamma", "--events", "0", "--out", "x.root"], "--events must be a positive"),
+    (["wjets", "--events", "10", "--out", "x.root", "--tag-floor", "1"], "--tag-floor must be a probability"),
     (["zgamma", "--events", "10", "--out", "x.root", "--frobnicate"], "unrecognized arguments: --frobnicate"),
     (["zgamma", "--events", "10", "--out", "/nonexistent/dir/x.root"], "/nonexistent/dir does not exist"),
     (["zgamma", "--events", "10", "--out", "x.parquet"], "must be a .root file"),
