@@ -308,13 +308,16 @@ def weighted_roc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray,
 
 
 def anomaly_metrics(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray, min_background: float = 10.0,
-                    order: np.ndarray | None = None) -> dict[str, float]:
+                    order: np.ndarray | None = None, n_eff_background: float | None = None) -> dict[str, float]:
     """Weighted ROC AUC, signal efficiency at background efficiency 1e-1, 1e-2, 1e-3 (NaN where the
     background sample holds fewer than one effective event there), and the maximum significance
     improvement eps_S / sqrt(eps_B) over cuts keeping at least min_background effective background events.
-    order: the events by decreasing score, if known (see weighted_roc)."""
+    order: the events by decreasing score, if known (see weighted_roc). n_eff_background: the background's
+    effective count that sets those limits (default: from weights); a bootstrap passes the sample's own, so
+    that every replica keeps the same cuts (resampled weights have about half the effective count, which
+    would otherwise drag max SIC's interval below its value)."""
     fpr, tpr = weighted_roc(labels, scores, weights, order)
-    n_eff = effective_count(weights[labels == 0])
+    n_eff = effective_count(weights[labels == 0]) if n_eff_background is None else n_eff_background
     out = {"auc": float(np.trapezoid(tpr, fpr))}
     for eps in BACKGROUND_EFFICIENCIES:
         out[f"eff_s_at_eff_b_{eps:g}"] = float(np.interp(eps, fpr, tpr)) if eps * n_eff >= 1 else float("nan")

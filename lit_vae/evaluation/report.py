@@ -408,7 +408,8 @@ SCORE_SUITE = ("total", "recon", "kl", "latent_radius", "latent_mahalanobis", "p
 def score_block(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray, n_boot: int, seed: int,
                 groups: np.ndarray | None = None) -> dict:
     """Anomaly metrics and their bootstrap intervals (resampling events: rows of one group together)."""
-    metrics = functools.partial(m.anomaly_metrics, order=np.argsort(-scores, kind="stable"))  # sorted once
+    metrics = functools.partial(m.anomaly_metrics, order=np.argsort(-scores, kind="stable"),  # sorted once
+                                n_eff_background=m.effective_count(weights[labels == 0]))  # same cuts in replicas
     values = metrics(labels, scores, weights)
     intervals = m.bootstrap_intervals(metrics, labels, scores, weights, n_boot=n_boot, seed=seed, groups=groups)
     return {**values, **{f"{k}_lo": lo for k, (lo, _) in intervals.items()},

@@ -175,6 +175,19 @@ def test_bootstrap_interval_brackets_the_value(rng):
     assert lo < value < hi and hi - lo < 0.05
 
 
+def test_max_sic_interval_holds_its_value_when_the_maximum_sits_at_the_resolvable_limit(rng):
+    """A well-separated signal puts max SIC at the smallest eps_B that keeps 10 effective background events;
+    Poisson-resampled weights halve the effective count, so replicas must keep the sample's own limit."""
+    from lit_vae.evaluation.report import score_block
+    labels = np.repeat([0, 1], [20_000, 2_000])
+    scores = np.concatenate([rng.normal(0, 1, 20_000), rng.normal(3, 1, 2_000)])
+    block = score_block(labels, scores, np.ones(22_000), n_boot=100, seed=0)
+    fpr, tpr = m.weighted_roc(labels, scores, np.ones(22_000))
+    floor = fpr >= 10 / 20_000
+    assert block["max_sic"] == pytest.approx((tpr[floor] / np.sqrt(fpr[floor])).max(), rel=1e-12)
+    assert block["max_sic_lo"] < block["max_sic"] < block["max_sic_hi"]
+
+
 def test_references_find_the_discriminating_variable(rng):
     n = 3000
     labels = np.repeat([0, 1], n)
