@@ -48,18 +48,19 @@ def reports(demo: Path) -> list[dict]:
     return found
 
 
-def rows(demo: Path):
-    for report in reports(demo):
+def rows(found: list[dict]):
+    for report in found:
         for label, entry in report["scores"].items():
             for signal, methods in entry["signals"].items():
                 yield label, entry, signal, methods
 
 
 def compact(demo: Path) -> str:
+    found = reports(demo)
     lines = ["| scores | signal | default score | total loss | isolation forest | Gaussian mixture | Gaussian NLL "
              "| best cut (signal-informed) | supervised | default beats every baseline? |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for label, entry, signal, methods in rows(demo):
+    for label, entry, signal, methods in rows(found):
         default = methods[entry["default"]]
         cut = next(m for m in methods if m.startswith("best cut"))
         total = methods.get("score: total", default if entry["default"].endswith("(total)") else None)
@@ -72,7 +73,7 @@ def compact(demo: Path) -> str:
         lines.append(f"| {label} | {SIGNALS.get(signal, signal)} | {pair(default)} ({entry['default'][15:-1]}) "
                      f"| {pair(total) if total else '–'} | {' | '.join(pair(methods[b]) for b in BASELINES)} "
                      f"| {pair(methods[cut])} ({cut[10:]}) | {pair(methods['supervised (ceiling)'])} | {verdict} |")
-    quality = {label: entry["background_nll"] for report in reports(demo)
+    quality = {label: entry["background_nll"] for report in found
                for label, entry in report["scores"].items() if "background_nll" in entry}
     if quality:
         lines += ["", "Held-out background −log p̂(x) (IWAE, weighted mean, nats per event; the background-only "
@@ -83,7 +84,7 @@ def compact(demo: Path) -> str:
 def full(demo: Path) -> str:
     lines = ["| scores | signal | method | AUC | ε_S at 10⁻¹ | ε_S at 10⁻² | max SIC |",
              "|---|---|---|---|---|---|---|"]
-    for label, _, signal, methods in rows(demo):
+    for label, _, signal, methods in rows(reports(demo)):
         for method, block in methods.items():
             cells = [number(block, key, True) for key in COLUMNS]
             lines.append(f"| {label} | {SIGNALS.get(signal, signal)} | {method} | {' | '.join(cells)} |")

@@ -6,6 +6,7 @@ from scipy import optimize, stats
 from sklearn.metrics import roc_auc_score
 
 from lit_vae.evaluation import metrics as m
+from lit_vae.evaluation.report import score_block
 
 
 @pytest.fixture
@@ -178,7 +179,6 @@ def test_bootstrap_interval_brackets_the_value(rng):
 def test_max_sic_interval_holds_its_value_when_the_maximum_sits_at_the_resolvable_limit(rng):
     """A well-separated signal puts max SIC at the smallest eps_B that keeps 10 effective background events;
     Poisson-resampled weights halve the effective count, so replicas must keep the sample's own limit."""
-    from lit_vae.evaluation.report import score_block
     labels = np.repeat([0, 1], [20_000, 2_000])
     scores = np.concatenate([rng.normal(0, 1, 20_000), rng.normal(3, 1, 2_000)])
     block = score_block(labels, scores, np.ones(22_000), n_boot=100, seed=0)
