@@ -183,6 +183,13 @@ class LitVAECLI(LightningCLI):
         parser.link_arguments("seed_everything", "data.init_args.seed")
 
 
+def close_process_group() -> None:
+    """Destroy a DDP run's process group once its command has succeeded: left to interpreter exit, gloo's
+    worker threads can abort a finished run (SIGABRT, 'terminate called without an active exception')."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def build_cli(args: list[str] | None = None, run: bool = True, exit_on_error: bool = True) -> LitVAECLI:
     """The lit-vae LightningCLI, configs/base.yaml read first; run=False builds the objects of a fit
     without running a subcommand (benchmarks and sweep trials use it); exit_on_error=False raises a

@@ -75,9 +75,10 @@ def main(argv: list[str] | None = None) -> int:
 
             sweep(words[1:])
         else:
-            from lit_vae.cli import build_cli  # Lightning: only for the commands that train or load models
+            from lit_vae.cli import build_cli, close_process_group  # Lightning: only for the commands that need it
 
             build_cli(words)
+            close_process_group()
     except LitVAEError as err:
         if debug:
             raise

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import uproot
 
-from lit_vae.cli import main
+from lit_vae.cli import close_process_group, main
 from lit_vae.data.io import read_events
 from lit_vae.errors import ConfigError
 
@@ -277,6 +277,17 @@ def test_ddp_on_two_cpu_processes_gives_a_usable_checkpoint(wh1lbb_manifest, tmp
 
     model = load_model(str(ckpt))
     assert type(model).__name__ == "LikelihoodVAE" and model.sample(10).shape == (10, 8)
+
+
+def test_a_finished_command_destroys_its_process_group(tmp_path):
+    """Left alive to interpreter exit, a gloo group's threads can abort a finished DDP run (SIGABRT)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    close_process_group()
+    assert not dist.is_initialized()
+    close_process_group()  # and a command without DDP has none to destroy
 
 
 @pytest.mark.slow

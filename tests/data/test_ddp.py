@@ -46,6 +46,7 @@ trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, 
                     enable_checkpointing=False, enable_progress_bar=False, use_distributed_sampler=False,
                     enable_model_summary=False)
 trainer.fit(RecordingModel(), datamodule=dm)
+torch.distributed.destroy_process_group()  # as lit-vae does: gloo's threads can otherwise abort the exit
 '''
 
 
