@@ -7,7 +7,8 @@ the mixture exactly as the report does (same training background, weights, resam
 more: with the counts dequantised (a uniform unit of noise added to each count: a continuous density of the
 same events; the scored events' density averaged over DRAWS noise draws) and with the counts left out. Each
 cell: AUC / eps_S at eps_B = 10^-2, beside the model's default score. A second table says which events the
-report's mixture puts in its tail, by b-jet count.
+report's mixture puts in its tail, by b-jet count. A third compares the two as densities of the held-out
+background (no signal read): the model's -log p(x) against the dequantised mixture's, both in physical units.
 """
 
 from __future__ import annotations
@@ -26,16 +27,27 @@ from lit_vae.evaluation.metrics import anomaly_metrics
 from lit_vae.evaluation.report import scored_rows
 
 SIGNALS = {"c1n2_wh_500_100": "C1N2 500/100", "c1n2_wh_300_75": "C1N2 300/75"}
+BACKGROUNDS = {"ttbar": "ttbar", "wjets": "W+jets"}
 REGIONS = ("preselection", "mid", "2-3b")
 DRAWS = 16
 B_JETS = "nBjet30_MV2c10"
 
 
+def log_jacobian(transform: FeatureTransform, x: np.ndarray) -> np.ndarray:
+    """log |dy/dx| of the kind-based transform at x: y = (log1p(x / s) - mean) / std for positive features,
+    x / pi for angles, (x - mean) / std for the others."""
+    kinds = np.array(transform.kinds)
+    positive, scale, std = kinds == "positive", transform.log_scale.numpy(), transform.std.numpy()
+    constant = -np.log(std[kinds != "angle"]).sum() - np.log(np.pi) * (kinds == "angle").sum()
+    return constant - np.log(scale[positive] + x[:, positive]).sum(axis=1)
+
+
 def mixture_nll(train_x: np.ndarray, train_w: np.ndarray, x: np.ndarray, kinds: list[str], seed: int,
-                noise: np.ndarray | None = None) -> np.ndarray:
+                noise: np.ndarray | None = None, physical: bool = False) -> np.ndarray:
     """-log density of x under the report's mixture fitted on the transformed training events; with noise
     (False/True per feature), those features dequantised: uniform noise of one unit on the training events,
-    and the scored events' density averaged over DRAWS draws."""
+    and the scored events' density averaged over DRAWS draws. physical: the density of the physical values
+    (the transform's Jacobian included; with the counts dequantised, comparable with the model's -log p(x))."""
     rng = np.random.default_rng(seed)
     draws = 1 if noise is None else DRAWS
     if noise is not None:
@@ -50,12 +62,14 @@ def mixture_nll(train_x: np.ndarray, train_w: np.ndarray, x: np.ndarray, kinds: 
     mixture = gaussian_mixture(weighted_sample(encode(train_x), train_w, seed), len(train_x), seed)
     log_p = [mixture.score_samples(encode(x if noise is None else x + noise * rng.uniform(-0.5, 0.5, size=x.shape)))
              for _ in range(draws)]
-    return -(logsumexp(log_p, axis=0) - np.log(draws))
+    return -(logsumexp(log_p, axis=0) - np.log(draws)) - (log_jacobian(transform, x) if physical else 0.0)
 
 
-def region_rows(path: Path, seed: int) -> tuple[list[str], list[str]]:
-    """The region's rows of the method table, and of the tail table: the share of each sample's events (by
-    b-jet count) that the report's mixture puts in its 1 % background tail."""
+def region_rows(path: Path, seed: int) -> tuple[list[str], list[str], str]:
+    """The region's rows of the method table, of the tail table (the share of each sample's events, by b-jet
+    count, that the report's mixture puts in its 1 % background tail) and of the density table (the held-out
+    background's mean -log p(x) in physical units, the model's against the mixture's with dequantised
+    counts)."""
     columns, metadata = read_events(path)
     samples = columns["sample"]
     if np.issubdtype(samples.dtype, np.integer):  # ROOT score files store the index into sample_names
@@ -97,7 +111,12 @@ def region_rows(path: Path, seed: int) -> tuple[list[str], list[str]]:
             share = np.average(mixture[mine] > threshold, weights=weight[mine]) if mine.any() else np.nan
             cells.append(f"{np.average(b_jets[group] == n, weights=weight[group]):.3f} / {share:.3f}")
         tails.append(f"| {metadata['region']} | {n:.0f} | {' | '.join(cells)} |")
-    return methods, tails
+    background, nll = ~is_signal, mixture_nll(x[train], w_train, x[rows], kinds, seed, noise=count, physical=True)
+    cells = [f"{np.average(columns['iwae'][group], weights=weight[group]):.3f} / "
+             f"{np.average(nll[group], weights=weight[group]):.3f}"
+             for group in (background, *(background & (samples == name) for name in BACKGROUNDS))]
+    density = f"| {metadata['region']} | {' | '.join(cells)} |"
+    return methods, tails, density
 
 
 def main() -> None:
@@ -107,16 +126,20 @@ def main() -> None:
     args = parser.parse_args()
     methods = ["| region | method | " + " | ".join(SIGNALS.values()) + " |", "|---|---|---|---|"]
     tails = ["| region | b-jets | background | " + " | ".join(SIGNALS.values()) + " |", "|---|---|---|---|---|"]
+    densities = ["| region | background | " + " | ".join(BACKGROUNDS.values()) + " |", "|---|---|---|---|"]
     for region in REGIONS:
         path = Path(args.demo) / f"scores_{region}.parquet"
         if not path.is_file():
             raise SystemExit(f"{path}: no such file; run `make demo` first")
-        more_methods, more_tails = region_rows(path, args.seed)
-        methods, tails = methods + more_methods, tails + more_tails
+        more_methods, more_tails, density = region_rows(path, args.seed)
+        methods, tails, densities = methods + more_methods, tails + more_tails, densities + [density]
     print("\n".join(methods))
     print("\nEach sample's events by b-jet count: their share of the sample / the share of them in the report's "
           "mixture's tail at eps_B = 10^-2 (weighted):\n")
     print("\n".join(tails))
+    print("\nHeld-out background -log p(x) (physical units: GeV^-6 times the counts' probability; weighted mean, "
+          "nats per event): the model's (iwae) / the mixture's with the counts dequantised:\n")
+    print("\n".join(densities))
 
 
 if __name__ == "__main__":
