@@ -33,15 +33,6 @@ DRAWS = 16
 B_JETS = "nBjet30_MV2c10"
 
 
-def log_jacobian(transform: FeatureTransform, x: np.ndarray) -> np.ndarray:
-    """log |dy/dx| of the kind-based transform at x: y = (log1p(x / s) - mean) / std for positive features,
-    x / pi for angles, (x - mean) / std for the others."""
-    kinds = np.array(transform.kinds)
-    positive, scale, std = kinds == "positive", transform.log_scale.numpy(), transform.std.numpy()
-    constant = -np.log(std[kinds != "angle"]).sum() - np.log(np.pi) * (kinds == "angle").sum()
-    return constant - np.log(scale[positive] + x[:, positive]).sum(axis=1)
-
-
 def mixture_nll(train_x: np.ndarray, train_w: np.ndarray, x: np.ndarray, kinds: list[str], seed: int,
                 noise: np.ndarray | None = None, physical: bool = False) -> np.ndarray:
     """-log density of x under the report's mixture fitted on the transformed training events; with noise
@@ -62,7 +53,8 @@ def mixture_nll(train_x: np.ndarray, train_w: np.ndarray, x: np.ndarray, kinds: 
     mixture = gaussian_mixture(weighted_sample(encode(train_x), train_w, seed), len(train_x), seed)
     log_p = [mixture.score_samples(encode(x if noise is None else x + noise * rng.uniform(-0.5, 0.5, size=x.shape)))
              for _ in range(draws)]
-    return -(logsumexp(log_p, axis=0) - np.log(draws)) - (log_jacobian(transform, x) if physical else 0.0)
+    jacobian = transform.log_abs_det_jacobian(torch.as_tensor(x)).numpy() if physical else 0.0
+    return -(logsumexp(log_p, axis=0) - np.log(draws)) - jacobian
 
 
 def region_rows(path: Path, seed: int) -> tuple[list[str], list[str], str]:

@@ -109,6 +109,13 @@ class FeatureTransform(nn.Module):
         """Physical values (events, features) -> network inputs (float32)."""
         return self._normalise(self._stage(x))
 
+    def log_abs_det_jacobian(self, x: torch.Tensor) -> torch.Tensor:
+        """log |det dy/dx| of `forward` at the physical values x, per event (the map is elementwise): a density
+        of the network inputs times exp of this is a density of the physical values (counts as continuous)."""
+        x = x.to(torch.float64)
+        positive = torch.where(self._is("positive"), -torch.log(self.log_scale + x.clamp(min=0)), torch.zeros_like(x))
+        return (positive - torch.log(self.std) - self._is("angle") * math.log(math.pi)).sum(dim=1)
+
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """Network outputs -> physical values: positives >= 0, angles in [-pi, pi), counts integers >= 0."""
         s = y.to(torch.float64) * self.std + self.mean

@@ -27,6 +27,17 @@ def test_round_trip_to_float_precision():
     np.testing.assert_array_equal(back[:, 3], x[:, 3])  # counts come back as exact integers
 
 
+def test_log_jacobian_is_the_log_of_autograds_diagonal():
+    x = torch.from_numpy(physical(50, seed=3)[:, [0, 1, 2, 3, 0]])
+    transform = FeatureTransform.fit(physical(seed=4)[:, [0, 1, 2, 3, 0]], [*KINDS, "positive"])
+    # the map is elementwise: the Jacobian of one event is diagonal, its entries the derivatives of the sum
+    jacobian = torch.autograd.functional.jacobian(lambda a: transform(a).double().sum(dim=0), x)  # (5, 50, 5)
+    derivatives = jacobian.diagonal(dim1=0, dim2=2)  # d y_nj / d x_nj, (50, 5)
+    assert derivatives.shape == (50, 5) and (jacobian.abs().sum() - derivatives.abs().sum()).abs() < 1e-9
+    expected = derivatives.abs().log().sum(dim=1)
+    np.testing.assert_allclose(transform.log_abs_det_jacobian(x).numpy(), expected.numpy(), rtol=1e-5)
+
+
 def test_fit_encode_fits_on_the_training_rows_and_encodes_every_row_as_the_transform_does():
     x = physical()
     rows = np.random.default_rng(1).random(len(x)) < 0.6
