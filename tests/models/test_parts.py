@@ -18,7 +18,7 @@ from lit_vae.errors import ConfigError
 from lit_vae.generation import Tally, _next_size, generate_columns
 from lit_vae.models import VAE, VAED, LikelihoodVAE, load_model
 from lit_vae.models.components import AutoregressiveDensityHead
-from lit_vae.models.distributions import HEADS
+from lit_vae.models.distributions import HEADS, SIGMA_MIN
 from lit_vae.models.priors import FlowPrior
 
 
@@ -283,6 +283,39 @@ def test_iwae_score_is_minus_log_p_x_by_a_grid_integral_and_below_the_elbo_bound
     log_w = model.log_importance_weights(batch, mu, log_sigma, 16)
     assert (torch.logsumexp(log_w, 0) - np.log(16) >= log_w.mean(0)).all()
     torch.testing.assert_close(model.iwae_nll(batch, mu, log_sigma, 16), -(torch.logsumexp(log_w, 0) - np.log(16)))
+
+
+def test_iwae_converges_to_the_closed_form_likelihood_of_a_linear_gaussian_vae():
+    """p(x|z) = N(Wz + b, diag s^2) under N(0, 1) has p(x) = N(b, W W^T + diag s^2) (scipy); the importance-
+    weighted -log p(x) approaches it as K grows, from above (a bound on average)."""
+    torch.manual_seed(2)
+    model = LikelihoodVAE(n_features=3, feature_kinds=["real"] * 3, latent_dim=2, n_nodes=8, prior="normal").double()
+    weight, bias = torch.randn(3, 2, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    spread = torch.tensor([0.3, 0.5, 0.8], dtype=torch.float64)
+    linear = torch.nn.Linear(2, 6).double()  # per feature: the Gaussian head's (mean, raw sigma)
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.weight[0::2] = weight
+        linear.bias[0::2] = bias
+        linear.bias[1::2] = torch.log(torch.expm1(spread - SIGMA_MIN))  # positive(raw) = softplus(raw) + SIGMA_MIN
+    model.decoder.net = torch.nn.Sequential(linear)
+    model.eval()
+    x = torch.tensor([[0.3, -1.2, 0.5], [2.5, 0.4, -1.0], [-0.7, 0.1, 1.9], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    batch = {"x": x, "target": x, "weight": torch.ones(4, dtype=torch.float64)}
+    covariance = (weight @ weight.T + torch.diag(spread**2)).numpy()
+    exact = -stats.multivariate_normal(bias.numpy(), covariance).logpdf(x.numpy())
+    # the proposal: the exact posterior's mean with its marginal spreads, widened (a diagonal, imperfect q)
+    precision = torch.eye(2, dtype=torch.float64) + weight.T @ torch.diag(spread**-2) @ weight
+    posterior = torch.linalg.inv(precision)
+    mu = (x - bias) @ torch.diag(spread**-2) @ weight @ posterior
+    log_sigma = torch.log(1.5 * posterior.diagonal().sqrt()).expand(4, 2)
+    copies = {key: value.repeat(500, 1) for key, value in batch.items() if key != "weight"}  # other noise each
+    with torch.no_grad():  # the bound's gap, averaged over the noise of 500 copies of each event
+        gaps = [(model.iwae_nll(copies, mu.repeat(500, 1), log_sigma.repeat(500, 1), k).numpy()
+                 - np.tile(exact, 500)).mean() for k in (1, 4, 16, 64)]
+        converged = model.iwae_nll(batch, mu, log_sigma, 65536).numpy()
+    assert gaps[-1] > 0 and all(np.diff(gaps) < 0), gaps  # an upper bound that tightens
+    np.testing.assert_allclose(converged, exact, atol=5e-3)
 
 
 @pytest.mark.parametrize("name, column", [("total", "total"), ("nll", "recon"), ("kl", "kl"),
