@@ -34,11 +34,11 @@ B_JETS = "nBjet30_MV2c10"
 
 
 def mixture_nll(train_x: np.ndarray, train_w: np.ndarray, x: np.ndarray, kinds: list[str], seed: int,
-                noise: np.ndarray | None = None, physical: bool = False) -> np.ndarray:
-    """-log density of x under the report's mixture fitted on the transformed training events; with noise
-    (False/True per feature), those features dequantised: uniform noise of one unit on the training events,
-    and the scored events' density averaged over DRAWS draws. physical: the density of the physical values
-    (the transform's Jacobian included; with the counts dequantised, comparable with the model's -log p(x))."""
+                noise: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(-log density of x's transformed values under the report's mixture fitted on the transformed training
+    events, log |dy/dx| of that transform at x: their difference is -log density of the physical values); with
+    noise (False/True per feature), those features dequantised: uniform noise of one unit on the training
+    events, and the scored events' density averaged over DRAWS draws."""
     rng = np.random.default_rng(seed)
     draws = 1 if noise is None else DRAWS
     if noise is not None:
@@ -53,8 +53,7 @@ def mixture_nll(train_x: np.ndarray, train_w: np.ndarray, x: np.ndarray, kinds: 
     mixture = gaussian_mixture(weighted_sample(encode(train_x), train_w, seed), len(train_x), seed)
     log_p = [mixture.score_samples(encode(x if noise is None else x + noise * rng.uniform(-0.5, 0.5, size=x.shape)))
              for _ in range(draws)]
-    jacobian = transform.log_abs_det_jacobian(torch.as_tensor(x)).numpy() if physical else 0.0
-    return -(logsumexp(log_p, axis=0) - np.log(draws)) - jacobian
+    return -(logsumexp(log_p, axis=0) - np.log(draws)), transform.log_abs_det_jacobian(torch.as_tensor(x)).numpy()
 
 
 def region_rows(path: Path, seed: int) -> tuple[list[str], list[str], str]:
@@ -74,11 +73,12 @@ def region_rows(path: Path, seed: int) -> tuple[list[str], list[str], str]:
     kinds = [manifest.feature(f).kind for f in features]
     count = np.array([k == "count" for k in kinds])
     x, w_train = table[features].to_numpy(np.float64), table["weight"].to_numpy(np.float64)[train]
+    dequantised, log_jacobian = mixture_nll(x[train], w_train, x[rows], kinds, seed, noise=count)
     variants = {
-        "mixture (as in the report)": mixture_nll(x[train], w_train, x[rows], kinds, seed),
-        "mixture, counts dequantised": mixture_nll(x[train], w_train, x[rows], kinds, seed, noise=count),
+        "mixture (as in the report)": mixture_nll(x[train], w_train, x[rows], kinds, seed)[0],
+        "mixture, counts dequantised": dequantised,
         "mixture, counts left out": mixture_nll(x[train][:, ~count], w_train, x[rows][:, ~count],
-                                                [k for k in kinds if k != "count"], seed),
+                                                [k for k in kinds if k != "count"], seed)[0],
         f"default score ({metadata.get('anomaly_score')})": columns["score"],
     }
     is_signal, weight = columns["label"] == 1, columns["weight"].astype(np.float64)
@@ -103,7 +103,7 @@ def region_rows(path: Path, seed: int) -> tuple[list[str], list[str], str]:
             share = np.average(mixture[mine] > threshold, weights=weight[mine]) if mine.any() else np.nan
             cells.append(f"{np.average(b_jets[group] == n, weights=weight[group]):.3f} / {share:.3f}")
         tails.append(f"| {metadata['region']} | {n:.0f} | {' | '.join(cells)} |")
-    background, nll = ~is_signal, mixture_nll(x[train], w_train, x[rows], kinds, seed, noise=count, physical=True)
+    background, nll = ~is_signal, dequantised - log_jacobian  # the physical values' density
     cells = [f"{np.average(columns['iwae'][group], weights=weight[group]):.3f} / "
              f"{np.average(nll[group], weights=weight[group]):.3f}"
              for group in (background, *(background & (samples == name) for name in BACKGROUNDS))]
