@@ -8,7 +8,8 @@ more: with the counts dequantised (a uniform unit of noise added to each count: 
 same events; the scored events' density averaged over DRAWS noise draws) and with the counts left out. Each
 cell: AUC / eps_S at eps_B = 10^-2, beside the model's default score. A second table says which events the
 report's mixture puts in its tail, by b-jet count. A third compares the two as densities of the held-out
-background (no signal read): the model's -log p(x) against the dequantised mixture's, both in physical units.
+background (no signal read): the model's -log p(x) against the dequantised mixture's, both in physical units,
+in all and by count combination.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ SIGNALS = {"c1n2_wh_500_100": "C1N2 500/100", "c1n2_wh_300_75": "C1N2 300/75"}
 BACKGROUNDS = {"ttbar": "ttbar", "wjets": "W+jets"}
 REGIONS = ("preselection", "mid", "2-3b")
 DRAWS = 16
-B_JETS = "nBjet30_MV2c10"
+B_JETS, JETS = "nBjet30_MV2c10", "njet30"
 
 
 def mixture_nll(train_x: np.ndarray, train_w: np.ndarray, x: np.ndarray, kinds: list[str], seed: int,
@@ -56,11 +57,11 @@ def mixture_nll(train_x: np.ndarray, train_w: np.ndarray, x: np.ndarray, kinds: 
     return -(logsumexp(log_p, axis=0) - np.log(draws)), transform.log_abs_det_jacobian(torch.as_tensor(x)).numpy()
 
 
-def region_rows(path: Path, seed: int) -> tuple[list[str], list[str], str]:
+def region_rows(path: Path, seed: int) -> tuple[list[str], list[str], list[str]]:
     """The region's rows of the method table, of the tail table (the share of each sample's events, by b-jet
     count, that the report's mixture puts in its 1 % background tail) and of the density table (the held-out
     background's mean -log p(x) in physical units, the model's against the mixture's with dequantised
-    counts)."""
+    counts, in all and by count combination)."""
     columns, metadata = read_events(path)
     samples = columns["sample"]
     if np.issubdtype(samples.dtype, np.integer):  # ROOT score files store the index into sample_names
@@ -104,10 +105,18 @@ def region_rows(path: Path, seed: int) -> tuple[list[str], list[str], str]:
             cells.append(f"{np.average(b_jets[group] == n, weights=weight[group]):.3f} / {share:.3f}")
         tails.append(f"| {metadata['region']} | {n:.0f} | {' | '.join(cells)} |")
     background, nll = ~is_signal, dequantised - log_jacobian  # the physical values' density
-    cells = [f"{np.average(columns['iwae'][group], weights=weight[group]):.3f} / "
-             f"{np.average(nll[group], weights=weight[group]):.3f}"
-             for group in (background, *(background & (samples == name) for name in BACKGROUNDS))]
-    density = f"| {metadata['region']} | {' | '.join(cells)} |"
+
+    def density_row(name: str, group: np.ndarray) -> str:
+        """The row of a group of background rows: in all, then by process."""
+        cells = [f"{np.average(columns['iwae'][mine], weights=weight[mine]):.3f} / "
+                 f"{np.average(nll[mine], weights=weight[mine]):.3f} ({mine.sum()})" if mine.any() else "-"
+                 for mine in (group, *(group & (samples == process) for process in BACKGROUNDS))]
+        return f"| {metadata['region']} | {name} | {' | '.join(cells)} |"
+
+    jets = x[rows][:, features.index(JETS)]
+    density = [density_row("all", background)] + [
+        density_row(f"{n_jets:.0f}, {n_b:.0f}", background & (jets == n_jets) & (b_jets == n_b))
+        for n_jets, n_b in sorted(set(zip(jets[background], b_jets[background], strict=True)))]
     return methods, tails, density
 
 
@@ -118,19 +127,20 @@ def main() -> None:
     args = parser.parse_args()
     methods = ["| region | method | " + " | ".join(SIGNALS.values()) + " |", "|---|---|---|---|"]
     tails = ["| region | b-jets | background | " + " | ".join(SIGNALS.values()) + " |", "|---|---|---|---|---|"]
-    densities = ["| region | background | " + " | ".join(BACKGROUNDS.values()) + " |", "|---|---|---|---|"]
+    densities = ["| region | jets, b-jets | background | " + " | ".join(BACKGROUNDS.values()) + " |",
+                 "|---|---|---|---|---|"]
     for region in REGIONS:
         path = Path(args.demo) / f"scores_{region}.parquet"
         if not path.is_file():
             raise SystemExit(f"{path}: no such file; run `make demo` first")
         more_methods, more_tails, density = region_rows(path, args.seed)
-        methods, tails, densities = methods + more_methods, tails + more_tails, densities + [density]
+        methods, tails, densities = methods + more_methods, tails + more_tails, densities + density
     print("\n".join(methods))
     print("\nEach sample's events by b-jet count: their share of the sample / the share of them in the report's "
           "mixture's tail at eps_B = 10^-2 (weighted):\n")
     print("\n".join(tails))
     print("\nHeld-out background -log p(x) (physical units: GeV^-6 times the counts' probability; weighted mean, "
-          "nats per event): the model's (iwae) / the mixture's with the counts dequantised:\n")
+          "nats per event): the model's (iwae) / the mixture's with the counts dequantised (rows):\n")
     print("\n".join(densities))
 
 
