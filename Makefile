@@ -32,14 +32,21 @@ test-gpu: install
 test-fast: install
 	$(PY) -m pytest -m "not slow"
 
-# Regenerates the shipped sample in data/ (seeds fixed here; the files do not depend on JOBS).
+# Regenerates the shipped sample in data/ (seeds fixed here; the files do not depend on JOBS). ttbar and W+jets
+# are two runs each (seeds 103 and 109, 104 and 108: made at different times), merged into one sample.
+SAMPLE_RUNS := .cache/samples
 samples: install
+	mkdir -p $(SAMPLE_RUNS)
 	$(MC) zgamma --events $(call N,100000) --seed 101 --jobs $(JOBS) --out data/zgamma_bkg.root
 	@echo "zgamma_test.root: an independent Zgamma test sample, used for nothing but the headline numbers"
 	$(MC) zgamma --events $(call N,25000) --seed 107 --jobs $(JOBS) --out data/zgamma_test.root
 	$(MC) hzg --mass 150 --events $(call N,20000) --seed 102 --jobs $(JOBS) --out data/hzg150_sig.root
-	$(MC) ttbar --fast --events $(call N,40000) --seed 103 --jobs $(JOBS) --out data/ttbar_1l.root
-	$(MC) wjets --fast --events $(call N,40000) --seed 104 --jobs $(JOBS) --out data/wjets_1l.root
+	$(MC) ttbar --fast --events $(call N,40000) --seed 103 --jobs $(JOBS) --out $(SAMPLE_RUNS)/ttbar_1l_seed103.root
+	$(MC) ttbar --fast --events $(call N,40000) --seed 109 --jobs $(JOBS) --out $(SAMPLE_RUNS)/ttbar_1l_seed109.root
+	$(MC) merge $(SAMPLE_RUNS)/ttbar_1l_seed103.root $(SAMPLE_RUNS)/ttbar_1l_seed109.root --out data/ttbar_1l.root
+	$(MC) wjets --fast --events $(call N,40000) --seed 104 --jobs $(JOBS) --out $(SAMPLE_RUNS)/wjets_1l_seed104.root
+	$(MC) wjets --fast --events $(call N,40000) --seed 108 --jobs $(JOBS) --out $(SAMPLE_RUNS)/wjets_1l_seed108.root
+	$(MC) merge $(SAMPLE_RUNS)/wjets_1l_seed104.root $(SAMPLE_RUNS)/wjets_1l_seed108.root --out data/wjets_1l.root
 	$(MC) c1n2_wh --mass-c1n2 500 --mass-lsp 100 --events $(call N,10000) --seed 105 --jobs $(JOBS) --out data/c1n2_wh_500_100.root
 	$(MC) c1n2_wh --mass-c1n2 300 --mass-lsp 75 --events $(call N,10000) --seed 106 --jobs $(JOBS) --out data/c1n2_wh_300_75.root
 

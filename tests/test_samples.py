@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +19,8 @@ MINIMUM_EVENTS = {
     "zgamma_bkg.root": 100_000,
     "zgamma_test.root": 25_000,
     "hzg150_sig.root": 20_000,
-    "ttbar_1l.root": 40_000,
-    "wjets_1l.root": 40_000,
+    "ttbar_1l.root": 80_000,
+    "wjets_1l.root": 80_000,
     "c1n2_wh_500_100.root": 10_000,
     "c1n2_wh_300_75.root": 10_000,
 }
@@ -27,18 +28,25 @@ ZGAMMA_FILES = ("zgamma_bkg.root", "zgamma_test.root", "hzg150_sig.root")
 
 
 def makefile_commands() -> dict[str, list[str]]:
-    """The `make samples` command line of each shipped file, with SCALE = 1."""
+    """The `make samples` command line of each file it writes (file name -> arguments), with SCALE = 1."""
     commands = {}
     for line in (REPO / "Makefile").read_text().splitlines():
         if line.startswith("\t$(MC) "):
             args = shlex.split(re.sub(r"\$\(call N,(\d+)\)", r"\1", line.removeprefix("\t$(MC) ")))
             args = [a.replace("$(JOBS)", "2") for a in args]
-            commands[args[args.index("--out") + 1].removeprefix("data/")] = args
+            commands[Path(args[args.index("--out") + 1]).name] = args
     return commands
 
 
+def runs_of(name: str) -> list[str]:
+    """The runs a file is made of: itself, or the samples its `merge` line joins."""
+    args = makefile_commands()[name]
+    return [Path(a).name for a in args[1:args.index("--out")]] if args[0] == "merge" else [name]
+
+
 def test_makefile_makes_every_shipped_file():
-    assert set(makefile_commands()) == set(MINIMUM_EVENTS)
+    merged = {run for name in makefile_commands() for run in runs_of(name) if run != name}
+    assert set(makefile_commands()) - merged == set(MINIMUM_EVENTS)
     assert sorted(p.name for p in DATA.glob("*.root")) == sorted(MINIMUM_EVENTS)
 
 
@@ -47,14 +55,18 @@ def test_shipped_sample_is_small():
 
 
 @pytest.mark.parametrize("name", sorted(MINIMUM_EVENTS))
-def test_file_was_made_by_its_makefile_command(name):
-    args = parse_args(makefile_commands()[name])
-    request = read_root_metadata(DATA / name)["request"]
-    for key in ("process", "events", "seed", "fast", "truth_tag", "mass", "mass_c1n2", "mass_lsp", "batch_size"):
-        assert request[key] == getattr(args, key), key
-    if read_root_metadata(DATA / name)["truth_tagging"]:  # the thinning of its truth-tag rows
-        assert request["tag_floor"] == args.tag_floor
-    assert request.get("veto", True) is True and not request["extra_settings"]  # files older than the option
+def test_file_was_made_by_its_makefile_commands(name):
+    metadata = read_root_metadata(DATA / name)
+    runs = {s["file"]: s["request"] for s in metadata["samples"]} if "samples" in metadata \
+        else {name: metadata["request"]}
+    assert sorted(runs) == sorted(runs_of(name))
+    for run, request in runs.items():
+        args = parse_args(makefile_commands()[run])
+        for key in ("process", "events", "seed", "fast", "truth_tag", "mass", "mass_c1n2", "mass_lsp", "batch_size"):
+            assert request[key] == getattr(args, key), (run, key)
+        if metadata["truth_tagging"]:  # the thinning of its truth-tag rows
+            assert request["tag_floor"] == args.tag_floor
+        assert request.get("veto", True) is True and not request["extra_settings"]  # files older than the option
 
 
 @pytest.mark.parametrize("name", sorted(MINIMUM_EVENTS))

@@ -1,5 +1,6 @@
 """`python -m lit_vae.mc PROCESS --events N --out FILE.root [--seed S] [--jobs J] [--fast] [--chunk i/N] ...`
-and `python -m lit_vae.mc merge PART.root ... --out FILE.root` (the parts of an array job)."""
+and `python -m lit_vae.mc merge PART.root ... --out FILE.root` (the parts of an array job, or finished samples
+made with different seeds)."""
 
 from __future__ import annotations
 
@@ -75,8 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def merge_main(argv: list[str]) -> int:
     parser = OneLineParser(prog="python -m lit_vae.mc merge",
-                           description="Join the parts of one request (--chunk i/N) into one weighted sample.")
-    parser.add_argument("parts", nargs="+", help="the part files, every i of 0 ... N-1 once")
+                           description="Join the parts of one request (--chunk i/N) into one weighted sample, or "
+                                       "finished samples of one process made with different seeds into a larger one.")
+    parser.add_argument("parts", nargs="+", help="the part files, every i of 0 ... N-1 once; or the samples")
     parser.add_argument("--out", required=True, help="output ROOT file (written atomically)")
     args = parser.parse_args(argv)
     from lit_vae.mc.production import merge
@@ -87,8 +89,9 @@ def merge_main(argv: list[str]) -> int:
     except LitVAEError as err:
         print(f"lit_vae.mc merge: error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps({"out": args.out, **{k: metadata[k] for k in ("process", "parts", "events_selected",
-                                                                    "events_generated", "sigma_pb")}}, indent=1))
+    joined = {"parts": metadata["parts"]} if "parts" in metadata else {"samples": len(metadata["samples"])}
+    print(json.dumps({"out": args.out, "process": metadata["process"], **joined,
+                      **{k: metadata[k] for k in ("events_selected", "events_generated", "sigma_pb")}}, indent=1))
     return 0
 
 

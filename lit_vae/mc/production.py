@@ -8,7 +8,9 @@ file atomically with its metadata.
 
 For a batch system, `--chunk i/N` runs only the chunks c with c % N == i and writes them unweighted with
 each chunk's cross-section and counts (a part); `merge` joins the N parts into the file one process would
-have written (the same columns and weights).
+have written (the same columns and weights). `merge` also joins finished samples of one process and
+settings made with different seeds (a larger sample from runs done at different times): their events
+side by side, weighted by the cross-section averaged over the events each run generated.
 """
 
 from __future__ import annotations
@@ -262,7 +264,23 @@ def write_part(request: Request, process: Process, results: list[JobResult]) -> 
             "cpu_seconds": sum(r.cpu_seconds for r in results)}
 
 
-def merge(parts: list[str], out: str) -> dict:
+def merge(paths: list[str], out: str) -> dict:
+    """Join the parts of one array job (`merge_parts`) or finished samples made with different seeds
+    (`combine_samples`), whichever the files are; refuse a mixture of the two."""
+    from lit_vae.data.io import read_root_metadata
+    from lit_vae.errors import DataError
+
+    is_part = {path: "lit_vae_part" in read_root_metadata(path) for path in paths}
+    if all(is_part.values()):
+        return merge_parts(paths, out)
+    if not any(is_part.values()):
+        return combine_samples(paths, out)
+    parts = ", ".join(p for p, part in is_part.items() if part)
+    raise DataError(f"{parts}: parts of an array job (--chunk i/N) given with finished samples; merge the parts "
+                    "first, then merge that file with the other samples")
+
+
+def merge_parts(parts: list[str], out: str) -> dict:
     """Join the parts of one distributed request into the file a single process would have written;
     refuse parts of different requests, a part given twice or a missing one."""
     from lit_vae.data.io import read_root, read_root_metadata
@@ -300,6 +318,80 @@ def merge(parts: list[str], out: str) -> dict:
                                 mass_lsp=request.mass_lsp, workdir=Path(workdir))
     columns, metadata = assemble(request, process, sorted(results, key=lambda r: r.chunk))
     metadata.update(command="python -m lit_vae.mc merge " + " ".join(shlex.quote(p) for p in parts), parts=total)
+    write_root(out, columns, metadata)
+    return metadata
+
+
+# What two samples to combine must share (the physics); the rest (seed, size, chunking, jobs) changes only
+# which events were drawn. Request options a file predates are not compared (their effect is in SAME_PHYSICS).
+SAME_PHYSICS = ("process", "description", "analysis", "mpi", "truth_tagging", "truth_tag_floor",
+                "veto_invisible_pt_min_gev", "veto_visible_eta_max", "pythia_version", "detector")
+DRAW_ONLY = ("out", "jobs", "seed", "events", "part", "chunk_events", "batch_size")
+
+
+def runs_of(metadata: dict, path: str) -> list[dict]:
+    """The generator runs a finished sample is made of: itself, or those a `merge` of samples recorded."""
+    if "samples" in metadata:
+        return metadata["samples"]
+    return [{"file": Path(path).name, **{k: metadata.get(k) for k in (
+        "command", "request", "sigma_pb", "sigma_err_pb", "events_generated", "events_selected", "rows",
+        "cpu_seconds", "wall_seconds", "lit_vae_version")}}]
+
+
+def combine_samples(paths: list[str], out: str) -> dict:
+    """Finished samples of one process and settings with different seeds -> one sample: the events side by
+    side (in order of seed), sigma averaged over the samples weighted by their generated events, and each
+    event's weight sigma x its weight factor / all generated events (so each file's weights are scaled by
+    (sigma / sigma_i) x (generated_i / generated)); refuse other settings or events that occur twice.
+    A merged sample can be merged again with new runs: the average does not depend on the grouping."""
+    from lit_vae.data.io import read_root, read_root_metadata
+    from lit_vae.errors import DataError
+
+    if len(set(map(str, paths))) < len(paths):
+        raise DataError(f"{', '.join(paths)}: a sample is given twice; give each once")
+    inputs = sorted(((read_root_metadata(p), p) for p in paths),
+                    key=lambda mp: min(run["request"]["seed"] for run in runs_of(*mp)))
+    first, first_path = inputs[0]
+    reference = {k: v for k, v in first.get("request", runs_of(*inputs[0])[0]["request"]).items()
+                 if k not in DRAW_ONLY}
+    for metadata, path in inputs:
+        for run in runs_of(metadata, path):
+            settings = {k: v for k, v in run["request"].items() if k not in DRAW_ONLY}
+            differ = [k for k in SAME_PHYSICS if metadata.get(k) != first.get(k)] + \
+                [k for k in sorted(settings.keys() & reference.keys()) if settings[k] != reference[k]]
+            if differ:
+                raise DataError(f"{path} and {first_path} differ in {', '.join(differ)}; only samples of one "
+                                "process and settings made with different seeds can be merged")
+    generated = sum(m["events_generated"] for m, _ in inputs)
+    sigma = sum(m["sigma_pb"] * m["events_generated"] for m, _ in inputs) / generated
+    sigma_err = float(np.sqrt(sum((m["sigma_err_pb"] * m["events_generated"]) ** 2 for m, _ in inputs))) / generated
+    tables = []
+    for metadata, path in inputs:
+        columns = read_root(path)
+        columns["weight"] = columns["weight"] * (sigma / metadata["sigma_pb"] * metadata["events_generated"]
+                                                 / generated)
+        tables.append(columns)
+    if any(t.keys() != tables[0].keys() for t in tables):
+        raise DataError(f"{', '.join(paths)}: the samples have different branches; make them with one lit-vae")
+    columns = {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
+    events = len(np.unique(columns["event_number"]))
+    if events != sum(len(np.unique(t["event_number"])) for t in tables):
+        raise DataError(f"{', '.join(paths)}: the same event ids occur in two samples (the same seed twice?); "
+                        "merge samples made with different --seed")
+    cpu = sum(m["cpu_seconds"] for m, _ in inputs)
+    metadata = {
+        **{k: first.get(k) for k in SAME_PHYSICS}, "fast": first["fast"],
+        "samples": [run for m, p in inputs for run in runs_of(m, p)],
+        "chunks": sum(m["chunks"] for m, _ in inputs),
+        "pythia_settings": [s for m, _ in inputs for s in m["pythia_settings"]],
+        "lit_vae_version": lit_vae.__version__,
+        "sigma_pb": sigma, "sigma_err_pb": sigma_err, "events_generated": generated, "events_selected": events,
+        "rows": len(columns["weight"]), "selection_efficiency": events / generated,
+        "sum_weights_pb": float(columns["weight"].sum()),
+        "cpu_seconds": cpu, "selected_per_cpu_second": events / cpu,
+        "wall_seconds": sum(m.get("wall_seconds", 0.0) for m, _ in inputs),
+        "command": "python -m lit_vae.mc merge " + " ".join(shlex.quote(p) for p in paths),
+    }
     write_root(out, columns, metadata)
     return metadata
 

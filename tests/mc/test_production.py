@@ -47,7 +47,54 @@ def test_parts_of_an_array_job_merge_into_the_single_process_file(produce_sample
         assert merged_metadata[key] == metadata[key], key
     assert mc(["merge", parts[0], parts[0], "--out", str(tmp_path / "twice.root")]) == 2
     assert mc(["merge", parts[0], "--out", str(tmp_path / "half.root")]) == 2
-    assert not (tmp_path / "twice.root").exists() and not (tmp_path / "half.root").exists()
+    assert mc(["merge", parts[0], parts[1], str(produce_sample("zgamma", 120, seed=11, chunk_events=40)[2]),
+               "--out", str(tmp_path / "mixed.root")]) == 2
+    assert not any((tmp_path / f"{name}.root").exists() for name in ("twice", "half", "mixed"))
+
+
+def test_samples_of_different_seeds_merge_into_one_weighted_sample(produce_sample, tmp_path, capsys):
+    """Finished samples with seeds 11 and 12, merged in either order: every event once, sigma the mean of
+    theirs weighted by generated events, each file's weights scaled by (sigma / sigma_i)(generated_i /
+    generated); one sample merges into itself, and a merged sample merges again as its runs would; the same
+    seed twice or another process is refused."""
+    from lit_vae.data.io import read_root, read_root_metadata
+    from lit_vae.mc.__main__ import main as mc
+
+    samples = [produce_sample("zgamma", 120, seed=seed, chunk_events=60, jobs=1) for seed in (11, 12)]
+    (a, meta_a, path_a), (b, meta_b, path_b) = samples
+    merged = [tmp_path / "ab.root", tmp_path / "ba.root"]
+    assert mc(["merge", str(path_a), str(path_b), "--out", str(merged[0])]) == 0
+    assert mc(["merge", str(path_b), str(path_a), "--out", str(merged[1])]) == 0
+    generated = meta_a["events_generated"] + meta_b["events_generated"]
+    sigma = (meta_a["sigma_pb"] * meta_a["events_generated"] + meta_b["sigma_pb"] * meta_b["events_generated"]) \
+        / generated
+    columns, metadata = read_root(merged[0]), read_root_metadata(merged[0])
+    for name, values in read_root(merged[1]).items():
+        np.testing.assert_array_equal(values, columns[name], err_msg=name)
+    np.testing.assert_array_equal(columns["event_number"], np.concatenate([a["event_number"], b["event_number"]]))
+    np.testing.assert_allclose(columns["weight"], np.concatenate([
+        part["weight"] * sigma / meta["sigma_pb"] * meta["events_generated"] / generated
+        for part, meta in ((a, meta_a), (b, meta_b))]), rtol=1e-12)
+    assert metadata["sigma_pb"] == pytest.approx(sigma, rel=1e-12)
+    assert metadata["events_generated"] == generated and metadata["events_selected"] == 240
+    assert metadata["sum_weights_pb"] == pytest.approx(columns["weight"].sum(), rel=1e-12)
+    assert [s["request"]["seed"] for s in metadata["samples"]] == [11, 12]
+    capsys.readouterr()
+    assert mc(["merge", str(path_a), "--out", str(tmp_path / "one.root")]) == 0
+    np.testing.assert_allclose(read_root(tmp_path / "one.root")["weight"], a["weight"], rtol=1e-12)
+    assert mc(["merge", str(tmp_path / "one.root"), str(path_b), "--out", str(tmp_path / "again.root")]) == 0
+    np.testing.assert_allclose(read_root(tmp_path / "again.root")["weight"], columns["weight"], rtol=1e-12)
+    assert read_root_metadata(tmp_path / "again.root")["samples"] == metadata["samples"]
+
+    copy = tmp_path / "copy.root"
+    copy.write_bytes(path_a.read_bytes())
+    hzg = produce_sample("hzg", 200, mass=150.0)[2]
+    for inputs, message in (([path_a, copy], "the same event ids occur in two samples"),
+                            ([path_a, path_a], "a sample is given twice"),
+                            ([path_a, hzg], "differ in process")):
+        assert mc(["merge", *map(str, inputs), "--out", str(tmp_path / "bad.root")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad.root").exists()
 
 
 def test_different_seeds_differ(produce_sample):
