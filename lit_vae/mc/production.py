@@ -270,6 +270,9 @@ def merge(paths: list[str], out: str) -> dict:
     from lit_vae.data.io import read_root_metadata
     from lit_vae.errors import DataError
 
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise DataError(f"{', '.join(missing)}: no such file; give the samples or parts to merge")
     is_part = {path: "lit_vae_part" in read_root_metadata(path) for path in paths}
     if all(is_part.values()):
         return merge_parts(paths, out)
@@ -357,8 +360,8 @@ def combine_samples(paths: list[str], out: str) -> dict:
     for metadata, path in inputs:
         for run in runs_of(metadata, path):
             settings = {k: v for k, v in run["request"].items() if k not in DRAW_ONLY}
-            differ = [k for k in SAME_PHYSICS if metadata.get(k) != first.get(k)] + \
-                [k for k in sorted(settings.keys() & reference.keys()) if settings[k] != reference[k]]
+            differ = list(dict.fromkeys([k for k in SAME_PHYSICS if metadata.get(k) != first.get(k)] + [
+                k for k in sorted(settings.keys() & reference.keys()) if settings[k] != reference[k]]))
             if differ:
                 raise DataError(f"{path} and {first_path} differ in {', '.join(differ)}; only samples of one "
                                 "process and settings made with different seeds can be merged")

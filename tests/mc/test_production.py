@@ -91,7 +91,8 @@ def test_samples_of_different_seeds_merge_into_one_weighted_sample(produce_sampl
     hzg = produce_sample("hzg", 200, mass=150.0)[2]
     for inputs, message in (([path_a, copy], "the same event ids occur in two samples"),
                             ([path_a, path_a], "a sample is given twice"),
-                            ([path_a, hzg], "differ in process")):
+                            ([path_a, hzg], "differ in process"),
+                            ([path_a, tmp_path / "nowhere.root"], "nowhere.root: no such file")):
         assert mc(["merge", *map(str, inputs), "--out", str(tmp_path / "bad.root")]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "bad.root").exists()
