@@ -25,6 +25,8 @@ def parser() -> argparse.ArgumentParser:
     anomaly.add_argument("--no-references", action="store_true",
                          help="skip the supervised classifier and best-cut references")
     anomaly.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamples (default 100)")
+    anomaly.add_argument("--baseline-seeds", type=int, default=5,
+                         help="fit each baseline with this many seeds and report their spread (default 5)")
     for p in (gen, anomaly):
         p.add_argument("--out", required=True, help="folder for metrics.json, figures/ and report.html")
         p.add_argument("--labels", nargs="+", help="one name per input file (default: from the file names)")
@@ -48,7 +50,7 @@ def run(argv: list[str]) -> None:
     elif args.what == "anomaly":
         evaluate_anomaly(args.scores, args.out, labels=args.labels, base_region=args.base_region,
                          references=not args.no_references, n_boot=args.bootstrap,
-                         training_logs=args.training_log, wandb=args.wandb)
+                         training_logs=args.training_log, wandb=args.wandb, baseline_seeds=args.baseline_seeds)
         page = f"{args.out}/report.html"
     else:
         page = evaluate_summary(args.reports, args.out, args.title)

@@ -25,7 +25,7 @@ from lit_vae.data.manifest import Manifest, load_manifest
 from lit_vae.data.physics import Physics
 from lit_vae.data.selection import evaluate, expression_names
 from lit_vae.data.split import background_train_mask
-from lit_vae.errors import DataError
+from lit_vae.errors import ConfigError, DataError
 from lit_vae.evaluation import metrics as m
 from lit_vae.evaluation import plots
 from lit_vae.evaluation.baselines import baseline_scores, training_background
@@ -372,27 +372,47 @@ def scored_rows(samples: np.ndarray, event_numbers: np.ndarray, configurations: 
 
 
 def _with_features(samples: np.ndarray, event_numbers: np.ndarray, configurations: np.ndarray, metadata: dict,
-                   path: str, baselines: bool, seed: int) -> tuple[np.ndarray, list[str], dict[str, np.ndarray], dict]:
-    """The manifest features of every scored row; with baselines, their scores of those rows, fitted on the
-    training background of the file's recorded split."""
+                   path: str, baselines: bool, seeds: Sequence[int]
+                   ) -> tuple[np.ndarray, list[str], list[dict[str, np.ndarray]], dict]:
+    """The manifest features of every scored row; with baselines, their scores of those rows for each seed
+    (the resample and initialisation), fitted on the training background of the file's recorded split."""
     manifest, table, rows, features = scored_rows(samples, event_numbers, configurations, metadata, path)
     names = list(manifest.features)
     x = table[names].to_numpy(dtype=np.float64)
     if not baselines:
-        return x[rows], names, {}, {}
+        return x[rows], names, [], {}
     train = training_background(table, metadata.get("data_split") or {}, path)
     if train[rows].any():
         raise DataError(f"{path}: {int(train[rows].sum())} scored events are training events of its recorded split")
     model_x = table[features].to_numpy(dtype=np.float64)
-    scores = baseline_scores(model_x[train], table["weight"].to_numpy(np.float64)[train], model_x[rows],
-                             [manifest.feature(f).kind for f in features], seed)
-    return x[rows], names, scores, {"features": features, "training_events": int(train.sum())}
+    kinds = [manifest.feature(f).kind for f in features]
+    fits = [baseline_scores(model_x[train], table["weight"].to_numpy(np.float64)[train], model_x[rows], kinds, s)
+            for s in tqdm(seeds, desc="fitting baselines", unit="seed", leave=False)]
+    return x[rows], names, fits, {"features": features, "training_events": int(train.sum()), "seeds": list(seeds)}
+
+
+def seed_spread(labels: np.ndarray, fits: Sequence[np.ndarray], weights: np.ndarray) -> dict[str, float]:
+    """Median, minimum and maximum over a baseline's refits (one per seed) of each anomaly metric: how much
+    of a baseline's number is the draw of its fit rather than the method."""
+    per_seed = [m.anomaly_metrics(labels, scores, weights) for scores in fits]
+    out = {}
+    for key in ANOMALY_COLUMNS:
+        values = np.array([p[key] for p in per_seed])
+        for name, reduce in (("median", np.median), ("min", np.min), ("max", np.max)):
+            out[f"{key}_seeds_{name}"] = float(reduce(values))
+    return out
 
 
 def _event_index(samples: np.ndarray, event_numbers: np.ndarray) -> np.ndarray:
     """One index per (sample, event_number): the rows of a truth-tagged event share it."""
     pairs = np.rec.fromarrays([samples.astype(str), event_numbers.astype(np.uint64)])
     return np.unique(pairs, return_inverse=True)[1].ravel()
+
+
+def _seed_range(block: dict, key: str) -> str:
+    """'median (min-max)' over a baseline's seeds for the report page; a dash where it cannot be resolved."""
+    values = [block[f"{key}_seeds_{name}"] for name in ("median", "min", "max")]
+    return "\u2013" if any(math.isnan(v) for v in values) else "{:.3g} ({:.3g}\u2013{:.3g})".format(*values)
 
 
 def _with_interval(block: dict, key: str) -> str:
@@ -418,16 +438,20 @@ def score_block(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray, n_b
 
 def evaluate_anomaly(scores: Sequence[str], out: str, labels: Sequence[str] | None = None,
                      base_region: str = "preselection", references: bool = True, n_boot: int = 100, seed: int = 0,
-                     training_logs: Sequence[str] = (), wandb: bool = False) -> dict:
+                     training_logs: Sequence[str] = (), wandb: bool = False, baseline_seeds: int = 5) -> dict:
     """Anomaly-detection metrics of each score file per signal sample (background: every background
     sample of the file, weighted in pb), beside a supervised classifier and the best single-variable cut,
-    and each region's signal and background efficiency relative to base_region when that is scored too."""
+    and each region's signal and background efficiency relative to base_region when that is scored too.
+    The baselines are fitted with baseline_seeds seeds (seed, seed + 1, ...): the first gives their curves and
+    intervals, all give their spread (`<metric>_seeds_median/min/max`)."""
+    if baseline_seeds < 1:
+        raise ConfigError(f"--baseline-seeds must be at least 1, got {baseline_seeds}")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = list(labels or [Path(s).stem.removeprefix("scores_") for s in scores])
     if len(labels) != len(scores):
         raise DataError(f"--labels gives {len(labels)} names for {len(scores)} --scores files")
-    results, curves_figs, score_figs, rows, page_rows = {}, [], [], [], []
+    results, curves_figs, score_figs, rows, page_rows, spread_rows = {}, [], [], [], [], []
     for label, path in zip(labels, scores, strict=True):
         columns, metadata = read_events(path)
         for needed in ("score", "label", "weight", "sample", "event_number"):
@@ -442,9 +466,10 @@ def evaluate_anomaly(scores: Sequence[str], out: str, labels: Sequence[str] | No
             raise DataError(f"{path}: needs both background and signal events to evaluate")
         configurations = columns.get("configuration", np.zeros(len(score), np.int32))
         events = _event_index(samples, columns["event_number"])  # the rows of one event resample together
-        x, feature_names, baselines, fitted = (
+        x, feature_names, fits, fitted = (
             _with_features(samples, columns["event_number"], configurations, metadata, path, baselines=True,
-                           seed=seed) if references else (None, [], {}, {}))
+                           seeds=range(seed, seed + baseline_seeds)) if references else (None, [], [], {}))
+        baselines = fits[0] if fits else {}
         yields = {s: float(weight[samples == s].sum()) for s in dict.fromkeys(samples)}
         default = f"default score ({metadata.get('anomaly_score', 'total')})"
         suite = {f"score: {name}": columns[name] for name in SCORE_SUITE
@@ -474,6 +499,10 @@ def evaluate_anomaly(scores: Sequence[str], out: str, labels: Sequence[str] | No
             curves = {}
             for method, values in methods.items():
                 block[method] = score_block(y, values, w, n_boot, seed, groups)
+                if method in baselines:
+                    block[method] |= seed_spread(y, [fit[method][rows_] for fit in fits], w)
+                    spread_rows.append({"scores": label, "region": entry["region"], "signal": signal, "method": method,
+                                        **{k: _seed_range(block[method], k) for k in ANOMALY_COLUMNS}})
                 eff_b, eff_s, _ = roc_curve(y, values, sample_weight=w)
                 curves[method] = (eff_b, eff_s)
                 rows.append({"scores": label, "region": entry["region"], "signal": signal, "method": method,
@@ -500,6 +529,12 @@ def evaluate_anomaly(scores: Sequence[str], out: str, labels: Sequence[str] | No
             "out-of-fold) is the ceiling; the best single cut (chosen by looking at the signal) is the floor an "
             "anomaly score must beat. This page never picks a score by its signal efficiency.</p>")
     sections = [("Anomaly detection", html_table(page_rows) + note)]
+    if spread_rows:
+        sections.append(("Baselines over seeds", html_table(spread_rows) + f"<p class='note'>Each baseline fitted "
+                         f"{baseline_seeds} times (seeds {seed}-{seed + baseline_seeds - 1}: the weighted resample "
+                         "it is fitted on and its initialisation), on the same training background: the median "
+                         "and, in brackets, the range of each number. The table above shows the first seed's. A "
+                         "score that beats a baseline only at some seeds does not beat the method.</p>"))
     quality = [{"scores": label, "region": e["region"], "model": e["model"],
                 "background -log p(x)": e["background_nll"]} for label, e in results.items() if "background_nll" in e]
     if quality:

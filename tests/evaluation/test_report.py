@@ -130,7 +130,7 @@ def scores(tmp_path_factory):
 def test_anomaly_metrics_and_region_efficiencies_agree_with_direct_computations(scores, tmp_path):
     out = tmp_path / "anomaly"
     assert main(["evaluate", "anomaly", "--scores", str(scores["preselection"]), str(scores["mid"]),
-                 "--out", str(out), "--bootstrap", "30"]) == 0
+                 "--out", str(out), "--bootstrap", "30", "--baseline-seeds", "3"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     figures_embedded(out)
     import pandas as pd
@@ -159,6 +159,11 @@ def test_anomaly_metrics_and_region_efficiencies_agree_with_direct_computations(
     assert set(tails) >= {"all background", "score: kl", *BASELINES}
     for baseline in BASELINES:  # fitted on the training background of met, mt, mbb: they see the signal
         assert 0.6 < block[baseline]["auc"] < 1, baseline
+        spread = [block[baseline][f"auc_seeds_{name}"] for name in ("min", "median", "max")]
+        assert spread[0] <= block[baseline]["auc"] <= spread[2] and spread[0] <= spread[1] <= spread[2], baseline
+        assert spread[0] < spread[2], baseline  # three seeds, three resamples: three different fits
+    assert metrics["scores"]["preselection"]["baselines"]["seeds"] == [0, 1, 2]
+    assert "Baselines over seeds" in (out / "report.html").read_text()
     assert block["best cut: mt"]["auc"] == pytest.approx(expected)  # mt is the best single variable here
     assert block["supervised (ceiling)"]["auc"] > expected
     mid = pd.read_parquet(scores["mid"])
@@ -228,6 +233,9 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(scores, tmp_path, caps
                  {"manifest": str(WH1LBB), "region": "mid"})
     assert main(["evaluate", "anomaly", "--scores", str(only), "--out", str(out)]) == 2
     assert "needs both background and signal" in capsys.readouterr().err
+    assert main(["evaluate", "anomaly", "--scores", str(scores["mid"]), "--out", str(out),
+                 "--baseline-seeds", "0"]) == 2
+    assert "--baseline-seeds must be at least 1" in capsys.readouterr().err
     assert not (out / "metrics.json").exists() and not (out / "report.html").exists()
 
 
