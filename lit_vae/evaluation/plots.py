@@ -102,6 +102,7 @@ def roc_and_sic(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str)
     styles = [(colour, line) for line in ("-", "--", ":") for colour in COLOURS]
     for (colour, line), (label, (eff_b, eff_s)) in zip(styles, curves.items(), strict=False):
         keep = eff_b > 0
+        label = f"{label} (signal-informed)" if label.startswith("best cut") else label
         ax.plot(eff_s[keep], eff_b[keep], color=colour, ls=line, label=label)
         sax.plot(eff_b[keep], eff_s[keep] / np.sqrt(eff_b[keep]), color=colour, ls=line, label=label)
     ax.plot([0, 1], [0, 1], color="black", ls="-.", lw=0.8, label="random")

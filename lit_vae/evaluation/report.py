@@ -443,7 +443,7 @@ def evaluate_anomaly(scores: Sequence[str], out: str, labels: Sequence[str] | No
     sample of the file, weighted in pb), beside a supervised classifier and the best single-variable cut,
     and each region's signal and background efficiency relative to base_region when that is scored too.
     The baselines are fitted with baseline_seeds seeds (seed, seed + 1, ...): the first gives their curves and
-    intervals, all give their spread (`<metric>_seeds_median/min/max`)."""
+    intervals, all give their spread (`<metric>_seeds_median/min/max`, only with two seeds or more)."""
     if baseline_seeds < 1:
         raise ConfigError(f"--baseline-seeds must be at least 1, got {baseline_seeds}")
     out_dir = Path(out)
@@ -499,7 +499,7 @@ def evaluate_anomaly(scores: Sequence[str], out: str, labels: Sequence[str] | No
             curves = {}
             for method, values in methods.items():
                 block[method] = score_block(y, values, w, n_boot, seed, groups)
-                if method in baselines:
+                if method in baselines and len(fits) > 1:
                     block[method] |= seed_spread(y, [fit[method][rows_] for fit in fits], w)
                     spread_rows.append({"scores": label, "region": entry["region"], "signal": signal, "method": method,
                                         **{k: _seed_range(block[method], k) for k in ANOMALY_COLUMNS}})

@@ -41,6 +41,8 @@ from lit_vae.mc.reconstruction import reconstruct
 
 MB_TO_PB = 1e9
 CHUNK_EVENTS = 5000
+MAX_CHUNKS = 1 << 16  # chunks one seed's event ids can tell apart
+INDEX_BITS = 28  # generated events per chunk an event id can count
 STOP = threading.Event()  # set by SIGINT/SIGTERM; checked between batches
 
 
@@ -93,8 +95,15 @@ def pythia_seed(seed: int, chunk: int) -> int:
 
 
 def event_numbers(seed: int, chunk: int, generated_index: np.ndarray) -> np.ndarray:
-    """Unique uint64 ids: 20 bits of seed, 12 bits of chunk, 32 bits of the generated-event index."""
-    head = np.uint64(((seed & 0xFFFFF) << 44) | ((chunk & 0xFFF) << 32))
+    """Unique uint64 ids: 20 bits of seed, 16 of chunk (up to 65,536 chunks, an array job of 10^4 tasks) and 28
+    of the generated-event index. The chunk's low 12 bits sit above the index and its high 4 bits in the index's
+    top, so that samples made before the chunk field was widened (12 bits, 32-bit index) keep their ids."""
+    if chunk > MAX_CHUNKS - 1:
+        raise ConfigError(f"chunk {chunk}: an event id holds at most {MAX_CHUNKS} chunks; raise --chunk-events")
+    if len(generated_index) and int(generated_index.max()) >> INDEX_BITS:
+        raise ConfigError(f"chunk {chunk} generated more than 2^{INDEX_BITS} events, more than an event id holds; "
+                          "lower --chunk-events")
+    head = np.uint64(((seed & 0xFFFFF) << 44) | ((chunk & 0xFFF) << 32) | ((chunk >> 12) << INDEX_BITS))
     return head | generated_index.astype(np.uint64)
 
 
@@ -233,8 +242,8 @@ def produce(request: Request) -> dict:
         process = build_process(request.process, mass=request.mass, mass_c1n2=request.mass_c1n2,
                                 mass_lsp=request.mass_lsp, workdir=Path(workdir))
         configured_pythia(pythia_settings(request, process, 0))
-    if len(chunk_quotas(request.events, request.chunk_events)) > 0xFFF:
-        raise ConfigError(f"--events {request.events} needs more than {0xFFF} chunks of --chunk-events "
+    if len(chunk_quotas(request.events, request.chunk_events)) > MAX_CHUNKS:
+        raise ConfigError(f"--events {request.events} needs more than {MAX_CHUNKS} chunks of --chunk-events "
                           f"{request.chunk_events}; raise --chunk-events")
     chunks = len(chunk_quotas(request.events, request.chunk_events))
     if request.part[1] > chunks:

@@ -16,7 +16,7 @@ from lit_vae.data.io import EventWriter, read_region
 from lit_vae.data.manifest import load_manifest
 from lit_vae.data.split import background_train_mask
 from lit_vae.errors import DataError
-from lit_vae.evaluation.baselines import BASELINES, training_background
+from lit_vae.evaluation.baselines import BASELINES, baseline_scores, training_background
 from tests.paths import REPO
 
 ZGAMMA = REPO / "data_manifests" / "zgamma.yaml"
@@ -128,7 +128,7 @@ def scores(tmp_path_factory):
 
 
 def test_anomaly_metrics_and_region_efficiencies_agree_with_direct_computations(scores, tmp_path):
-    out = tmp_path / "anomaly"
+    out = tmp_path / "wh1lbb_anomaly"  # the demo's folder name: benchmarks/anomaly_table.py reads it below
     assert main(["evaluate", "anomaly", "--scores", str(scores["preselection"]), str(scores["mid"]),
                  "--out", str(out), "--bootstrap", "30", "--baseline-seeds", "3"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -174,6 +174,42 @@ def test_anomaly_metrics_and_region_efficiencies_agree_with_direct_computations(
     assert row["eff_background"] == pytest.approx(mid["weight"][mid["label"] == 0].sum()
                                                   / table["weight"][table["label"] == 0].sum())
     assert efficiency[("preselection", signal)]["eff_signal"] == pytest.approx(1.0)
+    assert row["region_sic"] == pytest.approx(row["eff_signal"] / np.sqrt(row["eff_background"]))
+    # max SIC inside mid, from cumulative sums over the cuts (ties, e.g. a truth-tagged event's rows, cut
+    # together), keeping >= 10 effective background events, then relative to preselection
+    ranked = mid[(mid["label"] == 0) | (mid["sample"] == signal)].assign(
+        b=lambda t: t["weight"].where(t["label"] == 0, 0.0), s=lambda t: t["weight"].where(t["label"] == 1, 0.0))
+    cuts = ranked.groupby("score")[["b", "s"]].sum().sort_index(ascending=False).cumsum()
+    eff_b, eff_s = cuts["b"] / cuts["b"].iloc[-1], cuts["s"] / cuts["s"].iloc[-1]
+    background_w = mid["weight"][mid["label"] == 0]
+    usable = eff_b >= 10 * (background_w**2).sum() / background_w.sum() ** 2
+    max_sic = (eff_s[usable] / np.sqrt(eff_b[usable])).max()
+    assert row["max_sic_in_region"] == pytest.approx(max_sic, rel=1e-6)
+    assert row["max_sic_vs_base: default score (total)"] == pytest.approx(max_sic * row["region_sic"], rel=1e-6)
+    readme_tables(tmp_path, block)
+
+
+def readme_tables(demo, block: dict) -> None:
+    """The README's tables (benchmarks/anomaly_table.py) say what metrics.json holds: baselines as their median
+    over the seeds, the verdict against those medians, and --full every method, the cut marked signal-informed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("anomaly_table", REPO / "benchmarks" / "anomaly_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    line = next(row for row in table.compact(demo).splitlines() if row.startswith("| preselection | C1N2 500/100 |"))
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    default = block["default score (total)"]
+    assert cells[2] == f"{default['auc']:.3f} / {default['eff_s_at_eff_b_0.01']:.3f} (total)"
+    median = {b: (block[b]["auc_seeds_median"], block[b]["eff_s_at_eff_b_0.01_seeds_median"]) for b in BASELINES}
+    for cell, baseline in zip(cells[4:7], BASELINES, strict=True):
+        assert cell.startswith(f"{median[baseline][0]:.3f} / {median[baseline][1]:.3f} ("), (cell, baseline)
+    beaten = all(default["auc"] > auc and default["eff_s_at_eff_b_0.01"] > eff for auc, eff in median.values())
+    cut = block["best cut: mt"]["auc"]
+    assert cells[-1] == f"{'yes' if beaten else 'no'}; beats the cut in AUC: {'yes' if default['auc'] > cut else 'no'}"
+    rows = [row for row in table.full(demo).splitlines() if row.startswith("| preselection | C1N2 500/100 |")]
+    assert [row.split("|")[3].strip() for row in rows][:1] == ["default score (total)"] and len(rows) == len(block)
+    assert any("best cut: mt (signal-informed)" in row for row in rows)
 
 
 def test_baselines_are_fitted_on_the_training_background_only():
@@ -190,6 +226,40 @@ def test_baselines_are_fitted_on_the_training_background_only():
     assert (other & validation).any()  # another seed would train on scored events: what the evaluation refuses
     with pytest.raises(DataError, match="no data split"):
         training_background(table, {}, "scores.parquet")
+
+
+def test_evaluate_hands_the_baselines_only_training_background_rows(scores, tmp_path, monkeypatch):
+    """The rows `evaluate anomaly` fits the baselines on are exactly the recorded split's training background
+    (as feature vectors: no signal event, no scored event among them), and the scored rows are the file's."""
+    import pandas as pd
+
+    from lit_vae.evaluation import report
+
+    seen = []
+
+    def recording(train_x, train_w, x, kinds, seed=0):
+        seen.append((train_x.copy(), x.copy()))
+        return baseline_scores(train_x, train_w, x, kinds, seed)
+
+    monkeypatch.setattr(report, "baseline_scores", recording)
+    assert main(["evaluate", "anomaly", "--scores", str(scores["mid"]), "--out", str(tmp_path / "out"),
+                 "--bootstrap", "5", "--baseline-seeds", "1"]) == 0
+    manifest = load_manifest(WH1LBB)
+    table = read_region(manifest, "mid", list(manifest.features))
+    features = ["met", "mt", "mbb"]  # the score file's recorded model features
+    train = background_train_mask(table, 42, 0.6) & ~table["is_signal"].to_numpy(bool)
+    assert len(seen) == 1
+    for train_x, x in seen:
+        order = np.lexsort(train_x.T)
+        expected = table[features].to_numpy(np.float64)[train]
+        np.testing.assert_array_equal(train_x[order], expected[np.lexsort(expected.T)])
+        fitted = set(map(tuple, train_x))
+        scored = set(map(tuple, table[features].to_numpy(np.float64)[~train]))  # signal and validation rows
+        assert not fitted & scored
+        assert len(x) == len(pd.read_parquet(scores["mid"]))
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())  # one seed: no spread to report
+    assert "auc_seeds_median" not in metrics["scores"]["mid"]["signals"]["c1n2_wh_500_100"][BASELINES[1]]
+    assert "Baselines over seeds" not in (tmp_path / "out" / "report.html").read_text()
 
 
 def test_a_score_file_whose_split_contradicts_its_rows_is_refused(scores, tmp_path, capsys):

@@ -98,6 +98,25 @@ def test_samples_of_different_seeds_merge_into_one_weighted_sample(produce_sampl
     assert not (tmp_path / "bad.root").exists()
 
 
+def test_event_ids_tell_apart_ten_thousand_chunks_and_keep_the_old_ids():
+    """The chunk field holds 2^16 chunks (an array job of 10^4 tasks); ids of chunks below 4,096 are the ones
+    the 12-bit field gave (seed << 44 | chunk << 32 | index), so shipped samples keep theirs; overflow is refused."""
+    from lit_vae.errors import ConfigError
+    from lit_vae.mc.production import event_numbers
+
+    index = np.array([0, 1, 12345, (1 << 28) - 1])
+    for seed, chunk in ((103, 0), (103, 7), (109, 4095)):
+        old = np.array([(seed << 44) | (chunk << 32) | int(i) for i in index], dtype=np.uint64)
+        np.testing.assert_array_equal(event_numbers(seed, chunk, index), old)
+    ids = np.concatenate([event_numbers(5, chunk, index) for chunk in range(0, 1 << 16, 97)] +
+                         [event_numbers(5, chunk, index) for chunk in (4095, 4096, 10_000, (1 << 16) - 1)])
+    assert len(np.unique(ids)) == len(ids)
+    with pytest.raises(ConfigError, match="at most 65536 chunks; raise --chunk-events"):
+        event_numbers(5, 1 << 16, index)
+    with pytest.raises(ConfigError, match="more than 2\\^28 events.*lower --chunk-events"):
+        event_numbers(5, 0, np.array([1 << 28]))
+
+
 def test_different_seeds_differ(produce_sample):
     a, _, _ = produce_sample("zgamma", 120, seed=11, chunk_events=60, jobs=1)
     b, _, _ = produce_sample("zgamma", 120, seed=12, chunk_events=60, jobs=1)
@@ -178,6 +197,59 @@ def test_wjets_truth_tagging_reweights(produce_sample):
     assert len(per_event) == 40 and np.all((per_event > 0) & (per_event <= 1.0 + 1e-6))
     assert np.median(per_event) < 0.5
     assert (ev["nBjet30_MV2c10"] >= 2).sum() > 40  # 2-3b rows from most events: the point of truth-tagging
+
+
+def test_truth_tagged_rows_sum_to_the_event_weight_times_its_pass_probability(produce_sample):
+    """In the written file, each event's rows are every configuration of its jets with 1-3 tags, each weighing
+    the event weight times the product of its jets' tag probabilities: a jet's probability, read off two rows
+    that differ by that jet's tag (ratio p / (1 - p)), is one of the detector's efficiencies, and the rows sum to
+    the event weight times 1 - prod(1 - p), the closed-form probability that direct tagging passes."""
+    from lit_vae.mc.detector import DETECTOR
+
+    ev, meta, _ = produce_sample("wjets", 40, fast=True, tag_floor=0.0)
+    event_weight = meta["sigma_pb"] / meta["events_generated"]
+    efficiencies = np.array([DETECTOR.btag_eff_b, DETECTOR.btag_eff_c, DETECTOR.btag_eff_light])
+    for event in np.unique(ev["event_number"]):
+        rows = ev["event_number"] == event
+        weight = dict(zip(ev["tag_config"][rows].tolist(), ev["weight"][rows].tolist(), strict=True))
+        n_jets = int(max(weight)).bit_length()
+        assert sorted(weight) == list(range(1, 2**n_jets)), event  # every configuration with 1-3 tags
+        p = []
+        for jet in range(n_jets):
+            other = next(c for c in weight if c != 1 << jet and not c >> jet & 1)  # a row without this jet's tag
+            ratio = weight[other | 1 << jet] / weight[other]
+            p.append(ratio / (1 + ratio))
+        assert np.abs(np.subtract.outer(p, efficiencies)).min(axis=1).max() < 1e-9, (event, p)
+        for config, w in weight.items():
+            tags = np.array([config >> jet & 1 for jet in range(n_jets)], dtype=bool)
+            assert w == pytest.approx(event_weight * np.prod(np.where(tags, p, 1 - np.array(p))), rel=1e-9)
+        assert sum(weight.values()) == pytest.approx(event_weight * (1 - np.prod(1 - np.array(p))), rel=1e-9)
+
+
+def test_region_yields_count_truth_tagged_events_once(produce_sample):
+    """benchmarks/region_yields.py on a truth-tagged file: sigma x efficiency is the region's row weights, the
+    effective count is Kish's over events (an event's rows summed first), never more than the events."""
+    import importlib.util
+
+    import pandas as pd
+
+    from tests.paths import REPO
+
+    spec = importlib.util.spec_from_file_location("region_yields", REPO / "benchmarks" / "region_yields.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ev, meta, path = produce_sample("wjets", 40, fast=True, tag_floor=0.0)
+    rows = {r["region"]: r for r in module.region_yields(str(path))}
+    preselection = ((ev["lep1Pt"] > 27) & (ev["njet30"] >= 2) & (ev["njet30"] <= 3) & (ev["met"] > 220)
+                    & (ev["mt"] > 50) & (ev["nBjet30_MV2c10"] >= 1) & (ev["nBjet30_MV2c10"] <= 3))
+    per_event = pd.Series(ev["weight"][preselection]).groupby(ev["event_number"][preselection]).sum()
+    row = rows["preselection"]
+    assert row["rows"] == preselection.sum() > row["events"] == len(per_event)
+    assert row["sigma_eff_pb"] == pytest.approx(ev["weight"][preselection].sum())
+    assert row["effective"] == pytest.approx(per_event.sum() ** 2 / (per_event**2).sum())
+    assert row["effective_per_generated"] == pytest.approx(row["effective"] / meta["events_generated"])
+    assert all(r["effective"] <= r["events"] * (1 + 1e-9) for r in rows.values()) and set(rows) == {
+        "preselection", "mid", "2-3b"}
 
 
 def test_wjets_thinned_rows_weigh_at_least_the_floor(produce_sample):
