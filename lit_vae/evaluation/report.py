@@ -28,7 +28,7 @@ from lit_vae.data.split import background_train_mask
 from lit_vae.errors import ConfigError, DataError
 from lit_vae.evaluation import metrics as m
 from lit_vae.evaluation import plots
-from lit_vae.evaluation.baselines import baseline_scores, training_background
+from lit_vae.evaluation.baselines import BASELINES, baseline_scores, training_background
 
 # --- files in, files out ------------------------------------------------------------------------------------
 
@@ -192,13 +192,16 @@ def log_to_wandb(payload: dict, tables: dict[str, list[dict]], images: Sequence[
     run.log({f"evaluate/figures/{p.stem}": wandb.Image(str(p)) for p in images})
 
 
-def _training_figures(logs: Sequence[str], out: Path) -> list[Path]:
-    paths = []
-    for i, log in enumerate(logs):
+def _check_training_logs(logs: Sequence[str]) -> None:
+    """Refuse a missing --training-log before any work (and any output) is done."""
+    for log in logs:
         if not Path(log).is_file():
             raise DataError(f"{log}: no such training log; give the metrics.csv of a run (runs/lit-vae/version_N)")
-        paths.append(save_figure(plots.training_curves(Path(log)), out, f"training_{i}_{Path(log).parent.name}"))
-    return paths
+
+
+def _training_figures(logs: Sequence[str], out: Path) -> list[Path]:
+    return [save_figure(plots.training_curves(Path(log)), out, f"training_{i}_{Path(log).parent.name}")
+            for i, log in enumerate(logs)]
 
 
 # --- generation -----------------------------------------------------------------------------------------
@@ -254,6 +257,7 @@ def evaluate_generation(generated: Sequence[str], out: str, mc: str | None = Non
     """Generated events (one or more files) against held-out MC, with an MC-vs-MC reference: the MC is
     split into halves A and B (at most max_events each); B and each generator (subsampled to the same
     size) are compared with A."""
+    _check_training_logs(training_logs)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = list(labels or [Path(g).stem.removeprefix("gen_") for g in generated])
@@ -403,6 +407,42 @@ def seed_spread(labels: np.ndarray, fits: Sequence[np.ndarray], weights: np.ndar
     return out
 
 
+def verdict(block: dict, default: str) -> dict[str, bool]:
+    """Whether the default score beats each unsupervised baseline (higher AUC and eps_S at 10^-2 than its median
+    over seeds, where fitted more than once; an unresolved eps_S never beats) and the best single cut in AUC."""
+    mine = block[default]
+    out = {}
+    for baseline in BASELINES:
+        other = baseline_typical(block[baseline])
+        eff, other_eff = mine["eff_s_at_eff_b_0.01"], other["eff_s_at_eff_b_0.01"]
+        out[baseline] = bool(mine["auc"] > other["auc"] and not math.isnan(eff)
+                             and (math.isnan(other_eff) or eff > other_eff))
+    out["every baseline"] = all(out[b] for b in BASELINES)
+    cut = next(name for name in block if name.startswith("best cut"))
+    out["best cut in AUC"] = bool(mine["auc"] > block[cut]["auc"])
+    return out
+
+
+def baseline_typical(block: dict) -> dict[str, float]:
+    """A baseline's AUC and eps_S at 10^-2: the median over its seeds where it has them, else its one fit."""
+    return {key: block.get(f"{key}_seeds_median", block[key]) for key in ("auc", "eff_s_at_eff_b_0.01")}
+
+
+def _verdict_cells(block: dict, default: str, beats: dict[str, bool]) -> dict[str, str]:
+    """The page's row of the verdict: 'yes/no (default vs other)' per baseline, and the cut in AUC."""
+    mine = block[default]
+    cells = {}
+    for baseline in BASELINES:
+        other = baseline_typical(block[baseline])
+        cells[baseline] = "{} (AUC {:.4f} vs {:.4f}, eps_S {:.3f} vs {:.3f})".format(
+            "yes" if beats[baseline] else "no", mine["auc"], other["auc"], mine["eff_s_at_eff_b_0.01"],
+            other["eff_s_at_eff_b_0.01"])
+    cut = next(name for name in block if name.startswith("best cut"))
+    cells["best cut in AUC (signal-informed)"] = "{} ({}: AUC {:.4f} vs {:.4f})".format(
+        "yes" if beats["best cut in AUC"] else "no", cut[len("best cut: "):], mine["auc"], block[cut]["auc"])
+    return cells
+
+
 def _event_index(samples: np.ndarray, event_numbers: np.ndarray) -> np.ndarray:
     """One index per (sample, event_number): the rows of a truth-tagged event share it."""
     pairs = np.rec.fromarrays([samples.astype(str), event_numbers.astype(np.uint64)])
@@ -446,12 +486,13 @@ def evaluate_anomaly(scores: Sequence[str], out: str, labels: Sequence[str] | No
     intervals, all give their spread (`<metric>_seeds_median/min/max`, only with two seeds or more)."""
     if baseline_seeds < 1:
         raise ConfigError(f"--baseline-seeds must be at least 1, got {baseline_seeds}")
+    _check_training_logs(training_logs)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = list(labels or [Path(s).stem.removeprefix("scores_") for s in scores])
     if len(labels) != len(scores):
         raise DataError(f"--labels gives {len(labels)} names for {len(scores)} --scores files")
-    results, curves_figs, score_figs, rows, page_rows, spread_rows = {}, [], [], [], [], []
+    results, curves_figs, score_figs, rows, page_rows, spread_rows, verdict_rows = {}, [], [], [], [], [], []
     for label, path in zip(labels, scores, strict=True):
         columns, metadata = read_events(path)
         for needed in ("score", "label", "weight", "sample", "event_number"):
@@ -510,6 +551,10 @@ def evaluate_anomaly(scores: Sequence[str], out: str, labels: Sequence[str] | No
                 page_rows.append({**{k: rows[-1][k] for k in ("scores", "region", "signal", "method")},
                                   **{k: _with_interval(block[method], k) for k in ANOMALY_COLUMNS}})
             entry["signals"][signal] = block
+            if references:
+                entry.setdefault("verdict", {})[signal] = verdict(block, default)
+                verdict_rows.append({"scores": label, "region": entry["region"], "signal": signal,
+                                     **_verdict_cells(block, default, entry["verdict"][signal])})
             curves_figs.append(save_figure(plots.roc_and_sic(curves, f"{entry['region']}, {signal}"), out_dir,
                                            f"roc_{label}_{signal}"))
         results[label] = entry
@@ -529,6 +574,13 @@ def evaluate_anomaly(scores: Sequence[str], out: str, labels: Sequence[str] | No
             "out-of-fold) is the ceiling; the best single cut (chosen by looking at the signal) is the floor an "
             "anomaly score must beat. This page never picks a score by its signal efficiency.</p>")
     sections = [("Anomaly detection", html_table(page_rows) + note)]
+    if verdict_rows:
+        sections.append(("Does the default score beat the baselines?", html_table(verdict_rows) + "<p class='note'>"
+                         "Beats: a higher AUC and a higher eps_S at eps_B = 10^-2 than the unsupervised baseline "
+                         "(its median over the seeds where it was fitted more than once: one fit can be lucky "
+                         "either way), and a higher AUC than the best single cut, which was chosen by looking at "
+                         "the signal. In brackets: the default's number, then the other's. Where it says no, the "
+                         "default score does not beat that method on this signal.</p>"))
     if spread_rows:
         sections.append(("Baselines over seeds", html_table(spread_rows) + f"<p class='note'>Each baseline fitted "
                          f"{baseline_seeds} times (seeds {seed}-{seed + baseline_seeds - 1}: the weighted resample "

@@ -164,6 +164,7 @@ def test_anomaly_metrics_and_region_efficiencies_agree_with_direct_computations(
         assert spread[0] < spread[2], baseline  # three seeds, three resamples: three different fits
     assert metrics["scores"]["preselection"]["baselines"]["seeds"] == [0, 1, 2]
     assert "Baselines over seeds" in (out / "report.html").read_text()
+    assert "Does the default score beat the baselines?" in (out / "report.html").read_text()
     assert block["best cut: mt"]["auc"] == pytest.approx(expected)  # mt is the best single variable here
     assert block["supervised (ceiling)"]["auc"] > expected
     mid = pd.read_parquet(scores["mid"])
@@ -206,6 +207,10 @@ def readme_tables(demo, block: dict) -> None:
         assert cell.startswith(f"{median[baseline][0]:.3f} / {median[baseline][1]:.3f} ("), (cell, baseline)
     beaten = all(default["auc"] > auc and default["eff_s_at_eff_b_0.01"] > eff for auc, eff in median.values())
     cut = block["best cut: mt"]["auc"]
+    verdict = json.loads((demo / "wh1lbb_anomaly" / "metrics.json").read_text())["scores"]["preselection"]["verdict"]
+    assert verdict["c1n2_wh_500_100"] == {**{b: default["auc"] > median[b][0] and default["eff_s_at_eff_b_0.01"]
+                                             > median[b][1] for b in BASELINES},
+                                          "every baseline": beaten, "best cut in AUC": default["auc"] > cut}
     assert cells[-1] == f"{'yes' if beaten else 'no'}; beats the cut in AUC: {'yes' if default['auc'] > cut else 'no'}"
     rows = [row for row in table.full(demo).splitlines() if row.startswith("| preselection | C1N2 500/100 |")]
     assert [row.split("|")[3].strip() for row in rows][:1] == ["default score (total)"] and len(rows) == len(block)
@@ -306,6 +311,12 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(scores, tmp_path, caps
     assert main(["evaluate", "anomaly", "--scores", str(scores["mid"]), "--out", str(out),
                  "--baseline-seeds", "0"]) == 2
     assert "--baseline-seeds must be at least 1" in capsys.readouterr().err
+    for command in (["anomaly", "--scores", str(scores["mid"])], ["generation", "--generated", str(scores["mid"])]):
+        assert main(["evaluate", *command, "--out", str(tmp_path / "fresh"), "--training-log",
+                     str(tmp_path / "metrics.csv")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "metrics.csv: no such training log" in err
+    assert not (tmp_path / "fresh").exists()  # refused before any work: not even the folder
     assert not (out / "metrics.json").exists() and not (out / "report.html").exists()
 
 
