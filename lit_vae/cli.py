@@ -75,7 +75,8 @@ class LitVAETrainer(L.Trainer):
         check_writable(output)  # before any work
         model = self._trained(model, datamodule, ckpt_path)
         metadata = {"checkpoint": str(ckpt_path), "seed": datamodule.seed if datamodule is not None else None,
-                    "data_split": datamodule.split() if datamodule is not None else model.data_split,
+                    "data_split": ({**datamodule.split(), "max_events": model.data_split.get("max_events")}
+                                   if datamodule is not None else model.data_split),  # the training's subset
                     "anomaly_score": model.anomaly_score}
         self.callbacks.append(ScoreWriter(output, metadata))
         return super().predict(model, dataloaders, datamodule, return_predictions=False, ckpt_path=None)

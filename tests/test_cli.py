@@ -101,6 +101,9 @@ def test_predict_scores_the_checkpoints_held_out_part_whatever_the_run_says(trai
 
     reference = scored(trained["manifest"], tmp_path / "a.parquet")
     assert read_events(tmp_path / "a.parquet")[1]["data_split"]["split_seed"] == 42
+    # scoring a subset records the training's max_events (none: every event), which the baselines rebuild
+    assert scored(trained["manifest"], tmp_path / "subset.parquet", "--data.init_args.max_events", "30") < reference
+    assert read_events(tmp_path / "subset.parquet")[1]["data_split"]["max_events"] is None
     assert scored(trained["manifest"], tmp_path / "b.parquet", "--seed_everything", "7") == reference
     moved = tmp_path / "moved"
     moved.mkdir()

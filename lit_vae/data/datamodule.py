@@ -31,7 +31,7 @@ from lit_vae.data.io import read_region
 from lit_vae.data.manifest import load_manifest
 from lit_vae.data.physics import Physics
 from lit_vae.data.selection import parse_cut
-from lit_vae.data.split import background_train_mask, uniform_from_id
+from lit_vae.data.split import background_subset_mask, background_train_mask
 from lit_vae.data.transforms import FeatureTransform
 from lit_vae.errors import ConfigError, DataError
 
@@ -185,9 +185,7 @@ class EventDataModule(L.LightningDataModule):
         ids = table["event_id"].to_numpy(dtype=np.uint64)
         signal = table["is_signal"].to_numpy(dtype=bool)
         train = background_train_mask(table, self.split_seed, self.train_fraction)
-        keep = np.ones(len(table), dtype=bool)
-        if self.max_events is not None:
-            keep = self._subset(ids, sample_index, ~signal)
+        keep = background_subset_mask(table, self.split_seed, self.max_events)
         modelled = self.physics.to_model({name: table[name].to_numpy(dtype=np.float64) for name in self.read_features})
         x = np.empty((len(table), len(self.features)), order="F")  # a new array, feature by feature
         for j, name in enumerate(self.features):
@@ -234,7 +232,7 @@ class EventDataModule(L.LightningDataModule):
                 "backgrounds": {name: sorted(Path(f).name for f in sample.files)
                                 for name, sample in self.manifest.samples.items() if not sample.is_signal},
                 "features": list(self.features), "split_seed": self.split_seed,
-                "train_fraction": self.train_fraction}
+                "train_fraction": self.train_fraction, "max_events": self.max_events}
 
     def adopt_split(self, recorded: dict, checkpoint: str) -> None:
         """Score the held-out part of the checkpoint's split: take its seed and fraction unless they were
@@ -264,16 +262,6 @@ class EventDataModule(L.LightningDataModule):
                               f"{self.feature_kinds}: use the config the model was trained with")
         self.fixed_transform = transform
         self._parts = {}
-
-    def _subset(self, ids: np.ndarray, sample_index: np.ndarray, background: np.ndarray) -> np.ndarray:
-        """Signals plus the max_events background events with the smallest seeded hash (order-independent)."""
-        u = np.full(len(ids), np.inf)
-        for i, name in enumerate(self.sample_names):
-            rows = (sample_index == i) & background
-            u[rows] = uniform_from_id(ids[rows], f"subset|{name}", self.split_seed)
-        keep = ~background
-        keep[np.argsort(u, kind="stable")[: self.max_events]] = True
-        return keep
 
     def _report(self, table, sample_index, parts, signal) -> None:
         rows = []

@@ -44,3 +44,21 @@ def background_train_mask(table, seed: int, train_fraction: float) -> np.ndarray
         if rows.any():
             train[rows] = is_train(ids[rows], str(name), seed, train_fraction)
     return train
+
+
+def background_subset_mask(table, seed: int, max_events: int | None) -> np.ndarray:
+    """True for the signals and the max_events background rows of smallest seeded hash (per sample, from the
+    event id: order-independent; every row when max_events is None): the events a `max_events` run reads.
+    The DataModule and the evaluation's baselines use this one mask."""
+    background = ~table["is_signal"].to_numpy(dtype=bool)
+    if max_events is None:
+        return np.ones(len(table), dtype=bool)
+    codes = table["sample"].cat.codes.to_numpy()
+    ids = table["event_id"].to_numpy(dtype=np.uint64)
+    u = np.full(len(table), np.inf)
+    for code, name in enumerate(table["sample"].cat.categories):
+        rows = (codes == code) & background
+        u[rows] = uniform_from_id(ids[rows], f"subset|{name}", seed)
+    keep = ~background
+    keep[np.argsort(u, kind="stable")[:max_events]] = True
+    return keep

@@ -23,7 +23,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
-from lit_vae.data.split import background_train_mask
+from lit_vae.data.split import background_subset_mask, background_train_mask
 from lit_vae.data.transforms import FeatureTransform
 from lit_vae.errors import DataError
 
@@ -33,12 +33,14 @@ COMPONENTS = (1, 2, 4, 8, 16)
 
 
 def training_background(table, data_split: dict, path: str) -> np.ndarray:
-    """True for the rows of a region table (`read_region`) that the model was trained on."""
+    """True for the rows of a region table (`read_region`) that the model was trained on (the split's training
+    background, within its max_events subset when it had one)."""
     seed = data_split.get("split_seed", data_split.get("seed"))
     if seed is None or data_split.get("train_fraction") is None:
         raise DataError(f"{path}: its metadata records no data split (split_seed, train_fraction); score it "
                         "again with `lit-vae predict`, or pass --no-references")
-    return background_train_mask(table, int(seed), float(data_split["train_fraction"]))
+    return (background_train_mask(table, int(seed), float(data_split["train_fraction"]))
+            & background_subset_mask(table, int(seed), data_split.get("max_events")))
 
 
 def weighted_sample(x: np.ndarray, weights: np.ndarray, seed: int) -> np.ndarray:

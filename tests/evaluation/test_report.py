@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 
 from lit_vae.cli import main
@@ -231,6 +232,18 @@ def test_baselines_are_fitted_on_the_training_background_only():
     assert (other & validation).any()  # another seed would train on scored events: what the evaluation refuses
     with pytest.raises(DataError, match="no data split"):
         training_background(table, {}, "scores.parquet")
+    # a run on a max_events subset: the baselines see the rows its DataModule trained on, no more
+    from lit_vae.data import Wh1LbbDataModule
+
+    dm = Wh1LbbDataModule(region="preselection", max_events=3000, split_seed=42, train_fraction=0.6, min_events=0,
+                          use_weights=False, cache_dir=None)
+    dm.setup()
+    subset = training_background(table, dm.split(), "scores.parquet")
+    assert dm.split()["max_events"] == 3000 and subset.sum() == len(dm.part("train")["x"]) < 0.6 * 3000 * 1.1
+    assert not (subset & ~train).any()
+    encoded = dm.transform(torch.as_tensor(table[dm.features].to_numpy(np.float64)[subset], dtype=torch.float32))
+    np.testing.assert_allclose(np.sort(encoded.numpy(), axis=0), np.sort(dm.part("train")["x"].numpy(), axis=0),
+                               atol=1e-5)
 
 
 def test_evaluate_hands_the_baselines_only_training_background_rows(scores, tmp_path, monkeypatch):
