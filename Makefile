@@ -57,7 +57,7 @@ clean:
 	rm -rf $(VENV) .cache .pytest_cache
 
 # The main job on the shipped sample: train the paper's VAE and VAE+D and configs/zgamma/best.yaml (the
-# physics setup; DEMO_BEST_EPOCHS, fewer than its config's, to keep the demo under 15 min) on Zgamma, generate,
+# physics setup; DEMO_BEST_EPOCHS, fewer than its config's, to keep the demo near 15 min) on Zgamma, generate,
 # score H(150) -> Zgamma with each; train the likelihood VAE in each Wh1Lbb region and score; evaluate
 # everything; one report page. The Zgamma baselines are fitted with one seed (each 21-feature Gaussian-mixture
 # fit costs about a minute), the Wh1Lbb ones with evaluate's default five.
