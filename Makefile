@@ -100,8 +100,8 @@ demo: install
 	  --labels VAE VAE+D best.yaml --out $(DEMO)/zgamma_generation $(if $(DEMO_MAX_EVENTS),--max-events $(DEMO_MAX_EVENTS)) \
 	  --training-log $(foreach m,vae vae_d best,$(call LOG,$(DEMO)/zgamma_$(m)))
 	$(LITVAE) evaluate anomaly --scores $(foreach m,vae vae_d best,$(DEMO)/scores_$(m).parquet) \
-	  --labels VAE VAE+D best.yaml --out $(DEMO)/zgamma_anomaly --bootstrap $(DEMO_BOOTSTRAP) $(DEMO_ANOMALY_OPTS) \
-	  --baseline-seeds 1
+	  --labels VAE VAE+D best.yaml --out $(DEMO)/zgamma_anomaly --bootstrap $(DEMO_BOOTSTRAP) --baseline-seeds 1 \
+	  $(DEMO_ANOMALY_OPTS)
 	$(LITVAE) evaluate anomaly --scores $(foreach r,$(REGIONS),$(DEMO)/scores_$(r).parquet) --labels $(REGIONS) \
 	  --out $(DEMO)/wh1lbb_anomaly --bootstrap $(DEMO_BOOTSTRAP) $(DEMO_ANOMALY_OPTS) --training-log $(foreach r,$(REGIONS),$(call LOG,$(DEMO)/wh1lbb_$(r)))
 	$(LITVAE) evaluate summary --reports $(DEMO)/zgamma_generation $(DEMO)/zgamma_anomaly $(DEMO)/wh1lbb_anomaly \

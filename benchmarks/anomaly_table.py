@@ -68,13 +68,13 @@ def compact(demo: Path) -> str:
              "| best cut (signal-informed) | supervised | default beats every baseline? |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for label, entry, signal, methods in rows(found):
-        default = methods[entry["default"]]
-        cut = next(m for m in methods if m.startswith("best cut"))
-        total = methods.get("score: total", default if entry["default"].endswith("(total)") else None)
         beats = entry.get("verdict", {}).get(signal)  # the report's own verdict (`evaluate anomaly`)
         if beats is None:
             raise SystemExit(f"{demo}: the {label} report has no verdict (written by an older lit-vae or with "
                              "--no-references); run its `lit-vae evaluate anomaly` again")
+        default = methods[entry["default"]]
+        cut = next(m for m in methods if m.startswith("best cut"))
+        total = methods.get("score: total", default if entry["default"].endswith("(total)") else None)
         verdict = "yes" if beats["every baseline"] else "no"
         if entry["region"] == "preselection":
             verdict += f"; beats the cut in AUC: {'yes' if beats['best cut in AUC'] else 'no'}"

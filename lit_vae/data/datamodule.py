@@ -225,7 +225,8 @@ class EventDataModule(L.LightningDataModule):
     def split(self) -> dict:
         """What defines which events are trained on: the region's cut, the background samples and their
         files, the features and the split's seed and fraction (file names, not paths: a moved checkout
-        holds the same split). The manifest's path is kept for the record, not compared."""
+        holds the same split), and the max_events subset (recorded for the evaluation's baselines, not
+        compared by adopt_split). The manifest's path is kept for the record, not compared."""
         cut = self.manifest.region_cut(self.region)
         return {"manifest": str(self.manifest.path), "region": self.region,
                 "region_cut": ast.unparse(parse_cut(cut, frozenset(self.manifest.objects))) if cut.strip() else "",

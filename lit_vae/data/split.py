@@ -47,9 +47,9 @@ def background_train_mask(table, seed: int, train_fraction: float) -> np.ndarray
 
 
 def background_subset_mask(table, seed: int, max_events: int | None) -> np.ndarray:
-    """True for the signals and the max_events background rows of smallest seeded hash (per sample, from the
-    event id: order-independent; every row when max_events is None): the events a `max_events` run reads.
-    The DataModule and the evaluation's baselines use this one mask."""
+    """True for the signals and the max_events background rows in all with the smallest seeded hash of their
+    event id (salted per sample: order-independent; every row when max_events is None): the events a
+    `max_events` run reads. The DataModule and the evaluation's baselines use this one mask."""
     background = ~table["is_signal"].to_numpy(dtype=bool)
     if max_events is None:
         return np.ones(len(table), dtype=bool)

@@ -434,13 +434,18 @@ def _verdict_cells(block: dict, default: str, beats: dict[str, bool]) -> dict[st
     cells = {}
     for baseline in BASELINES:
         other = baseline_typical(block[baseline])
-        cells[baseline] = "{} (AUC {:.4f} vs {:.4f}, eps_S {:.3f} vs {:.3f})".format(
-            "yes" if beats[baseline] else "no", mine["auc"], other["auc"], mine["eff_s_at_eff_b_0.01"],
-            other["eff_s_at_eff_b_0.01"])
+        eff = [_number(mine["eff_s_at_eff_b_0.01"]), _number(other["eff_s_at_eff_b_0.01"])]
+        cells[baseline] = "{} (AUC {:.4f} vs {:.4f}, eps_S {} vs {})".format(
+            "yes" if beats[baseline] else "no", mine["auc"], other["auc"], *eff)
     cut = next(name for name in block if name.startswith("best cut"))
     cells["best cut in AUC (signal-informed)"] = "{} ({}: AUC {:.4f} vs {:.4f})".format(
         "yes" if beats["best cut in AUC"] else "no", cut[len("best cut: "):], mine["auc"], block[cut]["auc"])
     return cells
+
+
+def _number(value: float) -> str:
+    """Three decimals, or a dash where the background cannot resolve the number (NaN)."""
+    return "\u2013" if math.isnan(value) else f"{value:.3f}"
 
 
 def _event_index(samples: np.ndarray, event_numbers: np.ndarray) -> np.ndarray:
@@ -579,7 +584,8 @@ def evaluate_anomaly(scores: Sequence[str], out: str, labels: Sequence[str] | No
                          "Beats: a higher AUC and a higher eps_S at eps_B = 10^-2 than the unsupervised baseline "
                          "(its median over the seeds where it was fitted more than once: one fit can be lucky "
                          "either way), and a higher AUC than the best single cut, which was chosen by looking at "
-                         "the signal. In brackets: the default's number, then the other's. Where it says no, the "
+                         "the signal. In brackets: the default's number, then the other's (a dash: the background "
+                         "sample cannot resolve eps_S at 10^-2, and the verdict is no). Where it says no, the "
                          "default score does not beat that method on this signal.</p>"))
     if spread_rows:
         sections.append(("Baselines over seeds", html_table(spread_rows) + f"<p class='note'>Each baseline fitted "

@@ -156,6 +156,9 @@ def run_chunk(request: Request, chunk: int, quota: int, progress=None) -> JobRes
         while selected < quota:
             if STOP.is_set():
                 raise KeyboardInterrupt
+            if generated >> INDEX_BITS:  # refused now, not after the chunk's CPU time is spent
+                raise ConfigError(f"chunk {chunk} generated 2^{INDEX_BITS} events, more than an event id holds; "
+                                  "lower --chunk-events")
             batch = pythia.nextBatch(request.batch_size)
             objects = reconstruct(batch.prt, rng, DETECTOR)
             if process.analysis == "zgamma":
