@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import html
 import json
 import math
@@ -376,7 +377,7 @@ def scored_rows(samples: np.ndarray, event_numbers: np.ndarray, configurations: 
 
 
 def _with_features(samples: np.ndarray, event_numbers: np.ndarray, configurations: np.ndarray, metadata: dict,
-                   path: str, baselines: bool, seeds: Sequence[int]
+                   path: str, baselines: bool, seeds: Sequence[int], cache: dict | None = None
                    ) -> tuple[np.ndarray, list[str], list[dict[str, np.ndarray]], dict]:
     """The manifest features of every scored row; with baselines, their scores of those rows for each seed
     (the resample and initialisation), fitted on the training background of the file's recorded split."""
@@ -390,9 +391,25 @@ def _with_features(samples: np.ndarray, event_numbers: np.ndarray, configuration
         raise DataError(f"{path}: {int(train[rows].sum())} scored events are training events of its recorded split")
     model_x = table[features].to_numpy(dtype=np.float64)
     kinds = [manifest.feature(f).kind for f in features]
-    fits = [baseline_scores(model_x[train], table["weight"].to_numpy(np.float64)[train], model_x[rows], kinds, s)
-            for s in tqdm(seeds, desc="fitting baselines", unit="seed", leave=False)]
+    fits = _fit_baselines(model_x[train], table["weight"].to_numpy(np.float64)[train], model_x[rows], kinds, seeds,
+                          {} if cache is None else cache)
     return x[rows], names, fits, {"features": features, "training_events": int(train.sum()), "seeds": list(seeds)}
+
+
+def _fit_baselines(train_x: np.ndarray, train_w: np.ndarray, x: np.ndarray, kinds: list[str], seeds: Sequence[int],
+                   cache: dict) -> list[dict[str, np.ndarray]]:
+    """Each seed's baseline scores of x, the seeds fitted side by side on the CPU's cores (every fit is seeded:
+    the numbers one after another would give). Kept in cache: a second score file with the same training
+    background and scored rows (the VAE and VAE+D of one split) reuses them instead of fitting them again."""
+    key = hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in (train_x, train_w, x))
+                         + repr((kinds, list(seeds))).encode()).hexdigest()
+    if key not in cache:
+        from joblib import Parallel, delayed
+
+        jobs = Parallel(n_jobs=min(len(seeds), os.cpu_count() or 1), return_as="generator")(
+            delayed(baseline_scores)(train_x, train_w, x, kinds, s) for s in seeds)
+        cache[key] = list(tqdm(jobs, total=len(seeds), desc="fitting baselines", unit="seed", leave=False))
+    return cache[key]
 
 
 def seed_spread(labels: np.ndarray, fits: Sequence[np.ndarray], weights: np.ndarray) -> dict[str, float]:
@@ -498,6 +515,7 @@ def evaluate_anomaly(scores: Sequence[str], out: str, labels: Sequence[str] | No
     if len(labels) != len(scores):
         raise DataError(f"--labels gives {len(labels)} names for {len(scores)} --scores files")
     results, curves_figs, score_figs, rows, page_rows, spread_rows, verdict_rows = {}, [], [], [], [], [], []
+    fitted_baselines: dict = {}  # baseline fits by their inputs, shared by the score files that have the same
     for label, path in zip(labels, scores, strict=True):
         columns, metadata = read_events(path)
         for needed in ("score", "label", "weight", "sample", "event_number"):
@@ -514,7 +532,8 @@ def evaluate_anomaly(scores: Sequence[str], out: str, labels: Sequence[str] | No
         events = _event_index(samples, columns["event_number"])  # the rows of one event resample together
         x, feature_names, fits, fitted = (
             _with_features(samples, columns["event_number"], configurations, metadata, path, baselines=True,
-                           seeds=range(seed, seed + baseline_seeds)) if references else (None, [], [], {}))
+                           seeds=range(seed, seed + baseline_seeds), cache=fitted_baselines)
+            if references else (None, [], [], {}))
         baselines = fits[0] if fits else {}
         yields = {s: float(weight[samples == s].sum()) for s in dict.fromkeys(samples)}
         default = f"default score ({metadata.get('anomaly_score', 'total')})"
