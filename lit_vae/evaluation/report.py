@@ -515,7 +515,7 @@ def evaluate_anomaly(scores: Sequence[str], out: str, labels: Sequence[str] | No
     if len(labels) != len(scores):
         raise DataError(f"--labels gives {len(labels)} names for {len(scores)} --scores files")
     results, curves_figs, score_figs, rows, page_rows, spread_rows, verdict_rows = {}, [], [], [], [], [], []
-    fitted_baselines: dict = {}  # baseline fits by their inputs, shared by the score files that have the same
+    fitted_baselines: dict = {}  # baseline fits by their inputs: score files of one training background share them
     for label, path in zip(labels, scores, strict=True):
         columns, metadata = read_events(path)
         for needed in ("score", "label", "weight", "sample", "event_number"):
