@@ -82,7 +82,7 @@ class FeatureTransform(nn.Module):
                 fit_on = columns[j][train].numpy()
                 negative += [j] if (fit_on < 0).any() else []
                 transform.log_scale[j] = max(float(np.median(fit_on)), 1e-6)
-                torch.log1p(columns[j].clamp(min=0) / transform.log_scale[j], out=staged[j])
+                torch.clamp(columns[j], min=0, out=staged[j]).div_(transform.log_scale[j]).log1p_()
             elif kind == "angle":
                 torch.div(columns[j], math.pi, out=staged[j])
             else:
@@ -127,9 +127,11 @@ class FeatureTransform(nn.Module):
         return torch.where(self._is("count"), count, out).to(torch.float32)
 
     def targets(self, x: torch.Tensor) -> torch.Tensor:
-        """Physical targets for likelihood models: x / target_scale, counts untouched."""
+        """Physical targets for likelihood models: x / target_scale, counts untouched; row-major float32 whatever
+        x's layout (batches gather rows), divided in float64 and rounded once."""
         scale = torch.where(self._is("count"), torch.ones_like(self.target_scale), self.target_scale)
-        return (x.to(torch.float64) / scale).to(torch.float32)
+        divided = x.to(torch.float64) / scale  # in x's layout: contiguous passes, then one layout-changing copy
+        return torch.empty(x.shape, dtype=torch.float32, device=x.device).copy_(divided)
 
     def physical(self, targets: torch.Tensor) -> torch.Tensor:
         """The inverse of `targets`: x = target * target_scale, counts untouched."""

@@ -96,6 +96,18 @@ def test_state_round_trips_through_a_state_dict_and_plain_data():
     torch.testing.assert_close(targets[:, 3], x[:, 3].float())
 
 
+def test_targets_are_row_major_float32_rounded_once_from_any_layout():
+    transform = FeatureTransform.fit(physical(), KINDS, target_scale=[100.0, 3.0, 1.0, 7.0])
+    x = physical(1_000, seed=2)
+    expected = (x / np.array([100.0, 3.0, 1.0, 1.0])).astype(np.float32)  # counts keep their scale of 1
+    for table in (np.ascontiguousarray(x), np.asfortranarray(x)):
+        targets = transform.targets(torch.from_numpy(table))
+        assert targets.dtype == torch.float32 and targets.is_contiguous()  # batches gather whole rows
+        np.testing.assert_array_equal(targets.numpy(), expected)
+    torch.testing.assert_close(transform.physical(transform.targets(torch.from_numpy(x))),
+                               torch.from_numpy(x).float())
+
+
 def test_negative_values_in_a_positive_feature_are_refused():
     x = physical()
     x[0, 0] = -1
