@@ -25,8 +25,10 @@ test: install
 	$(PY) -m pytest
 
 # On a machine with a CUDA device: fit, predict and decode on the GPU against the CPU (skipped without one).
+# TEST_DEVICE=cpu dry-runs these tests' own code on the CPU (run it before spending a lent GPU's time).
+TEST_DEVICE ?= cuda
 test-gpu: install
-	$(PY) -m pytest -m gpu tests/test_gpu.py
+	LIT_VAE_TEST_DEVICE=$(TEST_DEVICE) $(PY) -m pytest -m gpu tests/test_gpu.py
 
 # Everything but the tests marked slow.
 test-fast: install

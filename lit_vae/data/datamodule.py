@@ -73,9 +73,11 @@ class EventBatches:
         device = next(iter(self.tensors.values())).device  # batches are sliced where the tensors live
         if self.shuffle:
             epoch = self.trainer.current_epoch if self.trainer is not None else self.epoch
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            order = torch.randperm(self.n, generator=generator)  # on the CPU: the same order on every device
-            order = order[self.rank * self.per_rank:(self.rank + 1) * self.per_rank].to(device)
+            # drawn where the tensors live: no host permutation (0.5 s for 10^7 rows on one core) nor copy per
+            # epoch; a seed gives the same order on a given kind of device (a GPU's differs from the CPU's)
+            generator = torch.Generator(device).manual_seed(self.seed * 1_000_003 + epoch)
+            order = torch.randperm(self.n, generator=generator, device=device)
+            order = order[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
             self.epoch += 1
             if self._resume.get("epoch") == epoch:  # a mid-epoch checkpoint: continue after its batches
                 skip = self._resume["batches_done"] * self.batch_size

@@ -91,8 +91,10 @@ class BaseVAE(L.LightningModule):
         self.test_means = torch.nn.ModuleDict({k: MeanMetric() for k in ("background", "signal")})
         self.train_means: dict[str, MeanMetric] = {}
         self._val_x: list[torch.Tensor] = []
-        self._training_rng: torch.Tensor | None = None  # the training noise stream, set aside during validation
-        self._resumed_rng: torch.Tensor | None = None  # a checkpoint's training noise stream, set at train start
+        self._unchecked: list[tuple[int, torch.Tensor]] = []  # (step, loss finite?) left on the device by finite()
+        self.defer_finite_checks: bool | None = None  # None: on an accelerator only (see finite)
+        self._training_rng: dict | None = None  # the training noise streams, set aside during validation
+        self._resumed_rng: dict | torch.Tensor | None = None  # a checkpoint's training noise, set at train start
 
     # --- data the model carries ---------------------------------------------------------------------
     def _setup_data(self, stage: str) -> None:
@@ -107,13 +109,14 @@ class BaseVAE(L.LightningModule):
             self.physics = datamodule.physics.state()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.check_finite()  # never write weights that a non-finite loss has reached
         checkpoint["lit_vae"] = {
             "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
             "feature_names": self.feature_names, "feature_kinds": self.feature_kinds,
             "manifest_hash": self.manifest_hash, "transform": self.transform.state(), "data_split": self.data_split,
             "physics": self.physics,
             # the training noise stream (validation runs on its own), so that a resumed fit continues it
-            "rng_state": self._training_rng if self._training_rng is not None else torch.get_rng_state(),
+            "rng_state": self._training_rng if self._training_rng is not None else noise_state(self.device),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -125,15 +128,16 @@ class BaseVAE(L.LightningModule):
     def on_train_start(self) -> None:
         """A resumed fit continues the checkpoint's training noise stream (set after Lightning's restore)."""
         if self._resumed_rng is not None:
-            torch.set_rng_state(self._resumed_rng)
+            set_noise_state(self._resumed_rng, self.device)
             self._resumed_rng = None
 
     def on_validation_epoch_start(self) -> None:
         """Validation draws its own fixed noise (the same every epoch) and leaves the training stream as it
         was: validation losses are comparable between epochs and a resumed run trains exactly as an
         uninterrupted one."""
-        self._training_rng = torch.get_rng_state()
-        torch.manual_seed(VALIDATION_SEED)
+        self.check_finite()  # validation precedes the epoch's checkpoint
+        self._training_rng = noise_state(self.device)
+        torch.manual_seed(VALIDATION_SEED)  # seeds the CPU and every GPU
 
     # --- the model's parts ---------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -180,9 +184,17 @@ class BaseVAE(L.LightningModule):
         return loss
 
     def finite(self, loss: torch.Tensor, parts) -> bool:
-        """Whether a training loss is finite (one host sync per step). If not: with nan_policy 'stop' raise a
-        NumericalError naming epoch, step and the non-finite parts (parts() gives them by name); with 'skip'
-        count the batch in train/skipped_batches and return False."""
+        """Whether a training loss is finite. If not: with nan_policy 'stop' raise a NumericalError naming epoch,
+        step and the non-finite parts (parts() gives them by name); with 'skip' count the batch in
+        train/skipped_batches and return False. On an accelerator under 'stop' the check stays on the device
+        (a host sync per step would idle it) and is made by check_finite every log_every_n_steps steps and
+        before every validation and checkpoint, so no checkpoint holds the non-finite weights."""
+        deferred = self.defer_finite_checks if self.defer_finite_checks is not None else loss.device.type != "cpu"
+        if deferred and self.nan_policy == "stop":
+            self._unchecked.append((self.global_step, torch.isfinite(loss).all()))
+            if len(self._unchecked) >= self.trainer.log_every_n_steps:
+                self.check_finite()
+            return True
         if torch.isfinite(loss).all():
             return True
         if self.nan_policy == "skip":
@@ -192,6 +204,20 @@ class BaseVAE(L.LightningModule):
         raise NumericalError(f"non-finite training loss ({', '.join(bad)}) at epoch {self.current_epoch}, step "
                              f"{self.global_step}; the last checkpoint is intact. Lower the learning rate, clip "
                              "gradients, check the inputs, or set --model.init_args.nan_policy=skip")
+
+    def check_finite(self) -> None:
+        """Raise for the first non-finite training loss that finite() left on the device (one host sync)."""
+        if not self._unchecked:
+            return
+        steps, flags = zip(*self._unchecked, strict=True)
+        self._unchecked = []
+        finite = torch.stack(flags)
+        if not finite.all():
+            step = steps[int((~finite).nonzero()[0])]
+            raise NumericalError(f"non-finite training loss (total) at epoch {self.current_epoch}, step {step} "
+                                 "(checked on the device every log_every_n_steps steps); the last checkpoint is "
+                                 "intact. Lower the learning rate, clip gradients, check the inputs, or set "
+                                 "--model.init_args.nan_policy=skip")
 
     def log_train(self, name: str, value: torch.Tensor, n: int, prog_bar: bool = False) -> None:
         """Log a training value every log_every_n_steps steps (to the progress bar too when prog_bar) and
@@ -207,6 +233,7 @@ class BaseVAE(L.LightningModule):
             self.log(f"{name}_step", value, on_step=True, on_epoch=False, prog_bar=prog_bar, batch_size=n)
 
     def on_train_epoch_end(self) -> None:
+        self.check_finite()
         for name, metric in self.train_means.items():
             self.log(f"{name}_epoch", metric.compute())  # compute() syncs across DDP ranks
             metric.reset()
@@ -233,7 +260,7 @@ class BaseVAE(L.LightningModule):
                 self.log(f"test/loss_{name}", metric, on_epoch=True, batch_size=len(score))
 
     def on_validation_epoch_end(self) -> None:
-        torch.set_rng_state(self._training_rng)
+        set_noise_state(self._training_rng, self.device)
         self._training_rng = None
         for name in VAL_METRICS:  # logged once per epoch: a per-step self.log costs ~1 ms on these models
             self.log(f"val/{name}", self.val_means[name], prog_bar=name == "loss")
@@ -321,6 +348,23 @@ class BaseVAE(L.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
         ids = {k: batch[k] for k in ("event_id", "configuration", "sample", "label", "weight_pb")}
         return {**self.score(batch), **ids}
+
+
+def noise_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The random streams training draws from: the CPU's and, on a GPU, the device's (reparameterisation,
+    flow dequantisation and prior samples draw there)."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_noise_state(state: dict[str, torch.Tensor] | torch.Tensor, device: torch.device) -> None:
+    """Restore noise_state's streams (a bare tensor is an older checkpoint's CPU stream)."""
+    state = state if isinstance(state, dict) else {"cpu": state}
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def read_checkpoint(checkpoint_path: str, map_location: str = "cpu") -> dict:

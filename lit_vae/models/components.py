@@ -19,6 +19,7 @@ ACTIVATIONS = {
     "silu": partial(nn.SiLU, inplace=True), "tanh": nn.Tanh,
 }
 LOG_SIGMA_RANGE = (-10.0, 5.0)  # keeps exp(2 log sigma) finite in float32
+QUANTILE_LIMIT = 2**24  # torch.quantile refuses more values: a larger training part is strided down to it
 
 
 def hidden_sizes(n_hidden_layers: int, n_nodes: int, hidden: list[int] | None = None) -> list[int]:
@@ -186,7 +187,8 @@ class DensityHead(Decoder):
                 values = [torch.logit(fraction), log_x.mean(), inverse_softplus(log_x.std())]
                 if head == "clipped_lognormal_mixture":  # equal weights, locations at the marginal's quantiles
                     k = HEADS[head].components
-                    locations = torch.quantile(log_x, (torch.arange(k, dtype=x.dtype) + 0.5) / k)
+                    every = -(-len(log_x) // QUANTILE_LIMIT)
+                    locations = torch.quantile(log_x[::every], (torch.arange(k, dtype=x.dtype) + 0.5) / k)
                     values = [values[0], *torch.zeros(k, dtype=x.dtype), *locations, *[values[2]] * k]
             elif head in ("gaussian", "discrete_gaussian"):
                 values = [x.mean(), inverse_softplus(x.std())]

@@ -9,6 +9,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from scipy import stats
 from scipy.special import expit, log_expit
 
@@ -229,8 +230,9 @@ def test_an_optimizer_lr_that_contradicts_learning_rate_is_refused(cls):
 
 @pytest.mark.parametrize("cls", [VAE, VAED])
 def test_a_non_finite_loss_stops_training_in_one_line_or_skips_the_batch(cls, tmp_path):
-    """nan_policy 'stop' (default): NumericalError naming epoch, step and part; 'skip': the batch is
-    skipped, counted, and the weights stay finite."""
+    """nan_policy 'stop' (default): NumericalError naming epoch, step and part, also when the check is left on
+    the device (as on a GPU: made at the epoch's end here) and before any checkpoint is written; 'skip': the
+    batch is skipped, counted, and the weights stay finite."""
     from lit_vae.errors import NumericalError
 
     generator = torch.Generator().manual_seed(3)
@@ -238,15 +240,19 @@ def test_a_non_finite_loss_stops_training_in_one_line_or_skips_the_batch(cls, tm
     bad = {"x": good[0]["x"].clone(), "weight": torch.ones(32)}
     bad["x"][5, 1] = float("inf")
     batches = torch.utils.data.DataLoader([good[0], good[1], bad, good[2]], batch_size=None)  # batches as they are
-    for policy in ("stop", "skip"):
+    for policy, deferred in (("stop", False), ("stop", True), ("skip", False)):
         L.seed_everything(0)
         model = cls(n_features=3, latent_dim=2, n_nodes=8, w1_events=0, nan_policy=policy)
-        trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False, accelerator="cpu", default_root_dir=tmp_path,
+        model.defer_finite_checks = deferred
+        folder = tmp_path / f"{policy}-{deferred}"
+        every_3_steps = ModelCheckpoint(dirpath=folder, every_n_train_steps=3, save_top_k=-1)  # after the bad batch
+        trainer = L.Trainer(max_epochs=1, logger=False, callbacks=[every_3_steps], enable_progress_bar=False,
+                            enable_model_summary=False, accelerator="cpu", default_root_dir=folder,
                             limit_val_batches=0)
         if policy == "stop":
-            with pytest.raises(NumericalError, match=r"non-finite training loss \(\w+.*\) at epoch 0, step 2;"):
+            with pytest.raises(NumericalError, match=r"non-finite training loss \(\w+.*\) at epoch 0, step 2[ ;]"):
                 trainer.fit(model, train_dataloaders=batches)
+            assert not list(folder.rglob("*.ckpt"))  # no checkpoint holds the non-finite weights
         else:
             trainer.fit(model, train_dataloaders=batches)
             assert trainer.callback_metrics["train/skipped_batches"].item() == 1
@@ -362,3 +368,33 @@ def test_a_mixture_head_starts_at_the_marginal_quantiles_and_scores_in_either_de
     terms = model.decoder.terms(z, {"x": torch.log1p(x), "target": x}, transform=None)
     np.testing.assert_allclose(terms["nll"].detach().numpy(),
                                -HEADS["clipped_lognormal_mixture"].log_prob(x[:, 0], raw).detach().numpy(), rtol=1e-6)
+
+
+def test_a_mixture_head_starts_from_a_training_part_beyond_torch_quantiles_limit():
+    """More than 2^24 training values (torch.quantile refuses them): the locations come from a strided subset
+    and still sit at the whole marginal's quantiles (numpy, every value)."""
+    from lit_vae.models.components import QUANTILE_LIMIT
+
+    generator = torch.Generator().manual_seed(5)
+    target = torch.exp(3 + 0.5 * torch.randn(QUANTILE_LIMIT + 7, 1, generator=generator))
+    model = LikelihoodVAE(n_features=1, feature_names=["mt"], feature_kinds=["positive"],
+                          heads={"mt": "clipped_lognormal_mixture"}, n_nodes=8)
+    model.decoder.initialise_output_bias(target)
+    k = HEADS["clipped_lognormal_mixture"].components
+    expected = np.quantile(np.log(target[:, 0].double().numpy()), (np.arange(k) + 0.5) / k)
+    np.testing.assert_allclose(model.decoder.net[-1].bias[1 + k:1 + 2 * k].detach().double().numpy(), expected,
+                               atol=2e-3)
+
+
+def test_the_training_noise_state_round_trips_in_both_checkpoint_formats():
+    """noise_state / set_noise_state restore the stream a draw continues from (a dict now; a bare CPU state
+    tensor in checkpoints written before GPU streams were kept)."""
+    from lit_vae.models.base import noise_state, set_noise_state
+
+    torch.manual_seed(11)
+    state = noise_state(torch.device("cpu"))
+    expected = torch.rand(5)
+    for saved in (state, state["cpu"]):
+        torch.manual_seed(99)
+        set_noise_state(saved, torch.device("cpu"))
+        assert torch.equal(torch.rand(5), expected)
