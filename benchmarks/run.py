@@ -562,9 +562,12 @@ def main() -> None:
         elif section == "gpu":
             parts.append("<!-- gpu -->\n## GPU\n\nNot measured yet: no session with a CUDA device has run "
                          "`python benchmarks/run.py --sections gpu`.\n<!-- /gpu -->")
+    print("\n\n".join(blocks.values()))
+    if args.gpu_device != "cuda" and "gpu" in blocks:
+        print("a dry run of the GPU section: BENCHMARKS.md and results.json left as they were", file=sys.stderr)
+        return
     target.write_text("\n\n".join(parts) + "\n")
     RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    print("\n\n".join(blocks.values()))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelChe
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_vae.data.io import EventWriter
+from lit_vae.errors import NumericalError
 
 
 class ScoreWriter(BasePredictionWriter):
@@ -68,8 +69,13 @@ class Preemption(Callback):
             return
         folders = [c.dirpath for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]
         path = Path(folders[0] if folders else trainer.default_root_dir) / "last.ckpt"
-        trainer.save_checkpoint(path)  # Lightning writes checkpoints to a temporary file and renames it
         done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        try:
+            trainer.save_checkpoint(path)  # Lightning writes checkpoints to a temporary file and renames it
+        except NumericalError as err:  # raised here, it would skip Lightning's own shutdown
+            print(f"lit-vae: preempted (SIGTERM) in epoch {trainer.current_epoch} after {done} batches; {path} "
+                  f"not saved: {err}", file=sys.stderr)
+            return
         if trainer.is_global_zero:
             print(f"lit-vae: preempted (SIGTERM) in epoch {trainer.current_epoch} after {done} batches: saved "
                   f"{path}; resume with `lit-vae fit ... --ckpt_path {path}`", file=sys.stderr)

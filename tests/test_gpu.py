@@ -88,9 +88,11 @@ def test_device_resident_batches_are_sliced_on_the_device():
     dm.setup("fit")
     tensors = dm.on_device("train", torch.device(DEVICE))
     assert tensors["x"].device.type == DEVICE
-    epochs = [list(EventBatches(tensors, 16, shuffle=True, seed=3)) for _ in range(2)]
+    batches = EventBatches(tensors, 16, shuffle=True, seed=3)
+    epochs = [list(batches), list(batches), list(EventBatches(tensors, 16, shuffle=True, seed=3))]
     assert all(b["x"].device.type == DEVICE for b in epochs[0])
-    for a, b in zip(*epochs, strict=True):  # a seed gives the same batches twice (shuffled on the device)
+    assert not torch.equal(epochs[0][0]["x"], epochs[1][0]["x"])  # each epoch its own order
+    for a, b in zip(epochs[0], epochs[2], strict=True):  # a seed gives the same batches again (drawn on the device)
         assert torch.equal(a["x"], b["x"])
     seen = torch.cat([b["x"] for b in epochs[0]]).cpu().numpy()  # every training row once
     train = dm.part("train")["x"].numpy()

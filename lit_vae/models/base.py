@@ -32,6 +32,8 @@ from lit_vae.models.priors import build_prior
 VAL_METRICS = ("loss", "elbo", "recon", "kl")
 VALIDATION_SEED = 20_240_101  # the fixed noise of every validation pass
 IWAE_SEED = 20_240_102  # the fixed noise of the importance-weighted score
+NON_FINITE_ADVICE = ("the last checkpoint is intact. Lower the learning rate, clip gradients, check the inputs, or "
+                     "set --model.init_args.nan_policy=skip")
 # anomaly_score -> the column of score_suite it names (nll: the reconstruction term recon, the MSE for an MSE head)
 SCORE_COLUMNS = {"total": "total", "nll": "recon", "kl": "kl", "latent_radius": "latent_radius",
                  "prior_density": "prior_nll", "iwae": "iwae"}
@@ -91,7 +93,7 @@ class BaseVAE(L.LightningModule):
         self.test_means = torch.nn.ModuleDict({k: MeanMetric() for k in ("background", "signal")})
         self.train_means: dict[str, MeanMetric] = {}
         self._val_x: list[torch.Tensor] = []
-        self._unchecked: list[tuple[int, torch.Tensor]] = []  # (step, loss finite?) left on the device by finite()
+        self._unchecked: list[tuple[int, str, torch.Tensor]] = []  # (step, loss, finite?) left on the device
         self.defer_finite_checks: bool | None = None  # None: on an accelerator only (see finite)
         self._training_rng: dict | None = None  # the training noise streams, set aside during validation
         self._resumed_rng: dict | torch.Tensor | None = None  # a checkpoint's training noise, set at train start
@@ -109,7 +111,12 @@ class BaseVAE(L.LightningModule):
             self.physics = datamodule.physics.state()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        self.check_finite()  # never write weights that a non-finite loss has reached
+        """Refuse (before any file is opened) weights that a non-finite loss or gradient has reached."""
+        self.check_finite()
+        if not torch.stack([torch.isfinite(p).all() for p in self.parameters()]).all():
+            raise NumericalError(f"the weights hold non-finite values at epoch {self.current_epoch}, step "
+                                 f"{self.global_step} (a non-finite gradient?): no checkpoint written; "
+                                 f"{NON_FINITE_ADVICE}")
         checkpoint["lit_vae"] = {
             "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
             "feature_names": self.feature_names, "feature_kinds": self.feature_kinds,
@@ -183,16 +190,16 @@ class BaseVAE(L.LightningModule):
         self.log_train("train/loss", loss, len(batch["x"]), prog_bar=True)
         return loss
 
-    def finite(self, loss: torch.Tensor, parts) -> bool:
-        """Whether a training loss is finite. If not: with nan_policy 'stop' raise a NumericalError naming epoch,
-        step and the non-finite parts (parts() gives them by name); with 'skip' count the batch in
-        train/skipped_batches and return False. On an accelerator under 'stop' the check stays on the device
-        (a host sync per step would idle it) and is made by check_finite every log_every_n_steps steps and
-        before every validation and checkpoint, so no checkpoint holds the non-finite weights."""
+    def finite(self, loss: torch.Tensor, parts, label: str = "total") -> bool:
+        """Whether a training loss (label: which one, for VAE+D's three) is finite. If not: with nan_policy
+        'stop' raise a NumericalError naming epoch, step and the non-finite parts (parts() gives them by name);
+        with 'skip' count the batch in train/skipped_batches and return False. On an accelerator under 'stop'
+        the check stays on the device (a host sync per step would idle it) and check_finite makes it at the
+        steps that log (log_every_n_steps), before every validation and in every checkpoint."""
         deferred = self.defer_finite_checks if self.defer_finite_checks is not None else loss.device.type != "cpu"
         if deferred and self.nan_policy == "stop":
-            self._unchecked.append((self.global_step, torch.isfinite(loss).all()))
-            if len(self._unchecked) >= self.trainer.log_every_n_steps:
+            self._unchecked.append((self.global_step, label, torch.isfinite(loss).all()))
+            if self.global_step % self.trainer.log_every_n_steps == 0:  # the step log_train syncs at anyway
                 self.check_finite()
             return True
         if torch.isfinite(loss).all():
@@ -200,24 +207,21 @@ class BaseVAE(L.LightningModule):
         if self.nan_policy == "skip":
             self.log("train/skipped_batches", 1.0, on_step=False, on_epoch=True, reduce_fx="sum")
             return False
-        bad = [name for name, value in parts().items() if not torch.isfinite(value).all()] or ["total"]
+        bad = [name for name, value in parts().items() if not torch.isfinite(value).all()] or [label]
         raise NumericalError(f"non-finite training loss ({', '.join(bad)}) at epoch {self.current_epoch}, step "
-                             f"{self.global_step}; the last checkpoint is intact. Lower the learning rate, clip "
-                             "gradients, check the inputs, or set --model.init_args.nan_policy=skip")
+                             f"{self.global_step}; {NON_FINITE_ADVICE}")
 
     def check_finite(self) -> None:
         """Raise for the first non-finite training loss that finite() left on the device (one host sync)."""
         if not self._unchecked:
             return
-        steps, flags = zip(*self._unchecked, strict=True)
+        steps, labels, flags = zip(*self._unchecked, strict=True)
         self._unchecked = []
         finite = torch.stack(flags)
         if not finite.all():
-            step = steps[int((~finite).nonzero()[0])]
-            raise NumericalError(f"non-finite training loss (total) at epoch {self.current_epoch}, step {step} "
-                                 "(checked on the device every log_every_n_steps steps); the last checkpoint is "
-                                 "intact. Lower the learning rate, clip gradients, check the inputs, or set "
-                                 "--model.init_args.nan_policy=skip")
+            first = int((~finite).nonzero()[0])
+            raise NumericalError(f"non-finite training loss ({labels[first]}) at epoch {self.current_epoch}, step "
+                                 f"{steps[first]} (checked on the device at the steps that log); {NON_FINITE_ADVICE}")
 
     def log_train(self, name: str, value: torch.Tensor, n: int, prog_bar: bool = False) -> None:
         """Log a training value every log_every_n_steps steps (to the progress bar too when prog_bar) and
@@ -351,11 +355,13 @@ class BaseVAE(L.LightningModule):
 
 
 def noise_state(device: torch.device) -> dict[str, torch.Tensor]:
-    """The random streams training draws from: the CPU's and, on a GPU, the device's (reparameterisation,
-    flow dequantisation and prior samples draw there)."""
+    """The random streams training draws from: the CPU's and, on a GPU (CUDA or MPS), the device's
+    (reparameterisation, flow dequantisation and prior samples draw there)."""
     state = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
+    elif device.type == "mps":
+        state["mps"] = torch.mps.get_rng_state()
     return state
 
 
@@ -365,6 +371,8 @@ def set_noise_state(state: dict[str, torch.Tensor] | torch.Tensor, device: torch
     torch.set_rng_state(state["cpu"])
     if "cuda" in state and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], device)
+    elif "mps" in state and device.type == "mps":
+        torch.mps.set_rng_state(state["mps"])
 
 
 def read_checkpoint(checkpoint_path: str, map_location: str = "cpu") -> dict:

@@ -386,6 +386,17 @@ def test_a_mixture_head_starts_from_a_training_part_beyond_torch_quantiles_limit
                                atol=2e-3)
 
 
+def test_weights_a_non_finite_gradient_reached_are_never_checkpointed():
+    from lit_vae.errors import NumericalError
+
+    model = VAE(n_features=3, latent_dim=2, n_nodes=8, w1_events=0)
+    model.on_save_checkpoint({})  # finite weights: no objection
+    with torch.no_grad():
+        model.decoder.net[-1].bias[0] = float("nan")
+    with pytest.raises(NumericalError, match="weights hold non-finite values .* no checkpoint written"):
+        model.on_save_checkpoint({})
+
+
 def test_the_training_noise_state_round_trips_in_both_checkpoint_formats():
     """noise_state / set_noise_state restore the stream a draw continues from (a dict now; a bare CPU state
     tensor in checkpoints written before GPU streams were kept)."""
