@@ -70,12 +70,11 @@ class Preemption(Callback):
         folders = [c.dirpath for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]
         path = Path(folders[0] if folders else trainer.default_root_dir) / "last.ckpt"
         done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        where = f"lit-vae: preempted (SIGTERM) in epoch {trainer.current_epoch} after {done} batches"
         try:
             trainer.save_checkpoint(path)  # Lightning writes checkpoints to a temporary file and renames it
         except NumericalError as err:  # raised here, it would skip Lightning's own shutdown
-            print(f"lit-vae: preempted (SIGTERM) in epoch {trainer.current_epoch} after {done} batches; {path} "
-                  f"not saved: {err}", file=sys.stderr)
+            print(f"{where}; {path} not saved: {err}", file=sys.stderr)
             return
         if trainer.is_global_zero:
-            print(f"lit-vae: preempted (SIGTERM) in epoch {trainer.current_epoch} after {done} batches: saved "
-                  f"{path}; resume with `lit-vae fit ... --ckpt_path {path}`", file=sys.stderr)
+            print(f"{where}: saved {path}; resume with `lit-vae fit ... --ckpt_path {path}`", file=sys.stderr)

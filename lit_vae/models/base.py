@@ -190,12 +190,13 @@ class BaseVAE(L.LightningModule):
         self.log_train("train/loss", loss, len(batch["x"]), prog_bar=True)
         return loss
 
-    def finite(self, loss: torch.Tensor, parts, label: str = "total") -> bool:
+    def finite(self, loss: torch.Tensor, parts=None, label: str = "total") -> bool:
         """Whether a training loss (label: which one, for VAE+D's three) is finite. If not: with nan_policy
-        'stop' raise a NumericalError naming epoch, step and the non-finite parts (parts() gives them by name);
-        with 'skip' count the batch in train/skipped_batches and return False. On an accelerator under 'stop'
-        the check stays on the device (a host sync per step would idle it) and check_finite makes it at the
-        steps that log (log_every_n_steps), before every validation and in every checkpoint."""
+        'stop' raise a NumericalError naming epoch, step and the non-finite parts (parts(), when given, names
+        them; else the label); with 'skip' count the batch in train/skipped_batches and return False. On an
+        accelerator under 'stop' the check stays on the device (a host sync per step would idle it) and
+        check_finite makes it at the steps that log (log_every_n_steps), before every validation and in every
+        checkpoint."""
         deferred = self.defer_finite_checks if self.defer_finite_checks is not None else loss.device.type != "cpu"
         if deferred and self.nan_policy == "stop":
             self._unchecked.append((self.global_step, label, torch.isfinite(loss).all()))
@@ -207,7 +208,8 @@ class BaseVAE(L.LightningModule):
         if self.nan_policy == "skip":
             self.log("train/skipped_batches", 1.0, on_step=False, on_epoch=True, reduce_fx="sum")
             return False
-        bad = [name for name, value in parts().items() if not torch.isfinite(value).all()] or [label]
+        bad = [name for name, value in (parts() if parts else {}).items() if not torch.isfinite(value).all()]
+        bad = bad or [label]
         raise NumericalError(f"non-finite training loss ({', '.join(bad)}) at epoch {self.current_epoch}, step "
                              f"{self.global_step}; {NON_FINITE_ADVICE}")
 

@@ -83,7 +83,7 @@ class VAED(VAE):
         nothing stepped, for a non-finite loss under nan_policy 'skip')."""
         self.toggle_optimizer(optimizer)
         loss = loss_fn()
-        if not self.finite(loss, lambda: {name: loss}, label=name):
+        if not self.finite(loss, label=name):
             self.untoggle_optimizer(optimizer)
             return None
         optimizer.zero_grad()
